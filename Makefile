@@ -1,0 +1,74 @@
+# oxloop — every target sets up .venv when it is missing, so a fresh clone needs only `make demo` / `make test`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-stamp
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+$(STAMP): requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the build, test, lint and bench dependencies
+
+.PHONY: build-dev
+build-dev: $(STAMP) ## build the extension in debug mode into .venv
+	maturin develop -q
+
+.PHONY: build-prod
+build-prod: $(STAMP) ## build the extension in release mode into .venv
+	maturin develop -q --release
+
+.PHONY: format
+format: $(STAMP) ## format Rust and Python sources
+	cargo fmt --all
+	ruff format python tests benches
+	ruff check --fix python tests benches
+
+.PHONY: lint-rust
+lint-rust: ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: lint-python
+lint-python: $(STAMP) ## ruff, and stubtest for the .pyi stubs (needs the built extension)
+	ruff check python tests benches
+	ruff format --check python tests benches
+	$(PY) -m mypy.stubtest oxloop._oxloop --allowlist .mypy-stubtest-allowlist
+
+.PHONY: lint
+lint: lint-rust lint-python ## all linters
+
+.PHONY: test-rust
+test-rust: ## cargo test for the Python-free core
+	cargo test -p oxloop-core
+
+.PHONY: test-python
+test-python: build-prod ## pytest: behaviour tests on oxloop and asyncio, then CPython's conformance suite
+	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/cpython
+	$(PY) -m pytest tests/cpython -q -p no:cacheprovider
+
+.PHONY: test
+test: test-rust build-prod lint test-python ## everything CI runs
+
+.PHONY: bench
+bench: build-prod ## micro benchmarks side by side: oxloop vs uvloop vs asyncio, interleaved, with an A/A control
+	$(PY) benches/micro.py
+
+.PHONY: demo
+demo: build-prod ## the main job: a short side-by-side demonstration
+	$(PY) benches/micro.py --quick
+
+.PHONY: clean
+clean: ## remove build artefacts
+	cargo clean
+	rm -rf $(VENV) python/oxloop/*.so
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'

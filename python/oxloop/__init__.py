@@ -1,0 +1,43 @@
+"""oxloop: a drop-in asyncio event loop written in Rust.
+
+    import oxloop
+    oxloop.run(main())                       # like asyncio.run(main())
+    oxloop.install(); asyncio.run(main())    # through the event-loop policy
+    asyncio.Runner(loop_factory=oxloop.new_event_loop)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ._loop import Loop
+from ._oxloop import __version__, build_profile
+
+__all__ = ('EventLoopPolicy', 'Loop', '__version__', 'build_profile', 'install', 'new_event_loop', 'run')
+
+_T = TypeVar('_T')
+
+
+def new_event_loop() -> Loop:
+    """Return a new oxloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
+    """An asyncio policy whose loops are oxloop loops."""
+
+    def _loop_factory(self) -> Loop:  # type: ignore[override]
+        return new_event_loop()
+
+
+def install() -> None:
+    """Make oxloop the loop that asyncio.run(), asyncio.new_event_loop() and friends create."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Run a coroutine on a fresh oxloop loop, as asyncio.run() does."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
