@@ -1,0 +1,69 @@
+//! Wakes a loop blocked in [`crate::poller::Poller::wait`] from another thread.
+//!
+//! An eventfd registered in the poller. The loop publishes a "sleeping" flag before
+//! it blocks; `call_soon_threadsafe` writes the eventfd only when the flag is set, so
+//! a busy loop pays no syscall per cross-thread call (the stdlib writes its self-pipe
+//! every time).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cvt;
+
+/// An eventfd plus the loop's "about to block" flag.
+pub struct Waker {
+    fd: OwnedFd,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    /// Creates a non-blocking, close-on-exec eventfd.
+    ///
+    /// # Errors
+    /// The `eventfd` error.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned by us alone.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: fresh descriptor, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            fd,
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// The loop calls this right before it blocks (`true`) and right after (`false`).
+    pub fn set_sleeping(&self, sleeping: bool) {
+        self.sleeping.store(sleeping, Ordering::SeqCst);
+    }
+
+    /// Wakes the loop if it is (about to be) blocked; a no-op otherwise.
+    pub fn wake_if_sleeping(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Makes the eventfd readable unconditionally.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter saturated) still
+        // leaves the fd readable, which is all a wake-up needs, so the result is ignored.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Clears a pending wake-up.
+    pub fn drain(&self) {
+        let mut buf: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64. EAGAIN means nothing was
+        // pending, which is fine, so the result is ignored.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
+    }
+}
+
+impl AsRawFd for Waker {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
