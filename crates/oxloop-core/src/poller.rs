@@ -11,7 +11,8 @@
 //! holding any lock while other threads may (un)register fds.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use crate::cvt;
@@ -77,6 +78,16 @@ pub struct Events {
     len: usize,
 }
 
+impl Default for Events {
+    /// An empty buffer (a placeholder while the real one is lent out).
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
 impl Events {
     /// A buffer that receives at most `capacity` events per wait.
     #[must_use]
@@ -123,8 +134,11 @@ impl Events {
 }
 
 /// An epoll instance in level-triggered mode.
+///
+/// [`Poller::close`] releases the fd early (`loop.close()`); afterwards every
+/// operation fails with `EBADF`.
 pub struct Poller {
-    epfd: OwnedFd,
+    epfd: AtomicI32,
 }
 
 impl Poller {
@@ -135,9 +149,24 @@ impl Poller {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscall; the returned fd is owned by us alone.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { epfd })
+        Ok(Self {
+            epfd: AtomicI32::new(fd),
+        })
+    }
+
+    /// Closes the epoll fd now. Idempotent.
+    pub fn close(&self) {
+        let fd = self.epfd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: we owned `fd` and nobody can use it after the swap above.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// True once [`Poller::close`] ran.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.epfd.load(Ordering::Acquire) < 0
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
@@ -146,7 +175,7 @@ impl Poller {
             u64: token,
         };
         // SAFETY: `ev` lives across the call; epoll_ctl validates `fd` itself.
-        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &raw mut ev) })?;
+        cvt(unsafe { libc::epoll_ctl(self.epfd.load(Ordering::Acquire), op, fd, &raw mut ev) })?;
         Ok(())
     }
 
@@ -194,7 +223,12 @@ impl Poller {
         let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: the buffer holds `cap` writable epoll_event slots.
         let n = cvt(unsafe {
-            libc::epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, timeout_ms)
+            libc::epoll_wait(
+                self.epfd.load(Ordering::Acquire),
+                events.buf.as_mut_ptr(),
+                cap,
+                timeout_ms,
+            )
         })?;
         events.len = usize::try_from(n).unwrap_or(0);
         Ok(events.len)
@@ -203,6 +237,12 @@ impl Poller {
 
 impl AsRawFd for Poller {
     fn as_raw_fd(&self) -> RawFd {
-        self.epfd.as_raw_fd()
+        self.epfd.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.close();
     }
 }

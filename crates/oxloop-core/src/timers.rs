@@ -110,7 +110,8 @@ impl<T: TimerEntry> TimerHeap<T> {
         let scheduled = self.heap.len();
         #[allow(clippy::cast_precision_loss)]
         let many = scheduled > MIN_SCHEDULED_TIMER_HANDLES
-            && (*cancelled_count as f64) / (scheduled as f64) > MIN_CANCELLED_TIMER_HANDLES_FRACTION;
+            && (*cancelled_count as f64) / (scheduled as f64)
+                > MIN_CANCELLED_TIMER_HANDLES_FRACTION;
         if many {
             let old = std::mem::take(&mut self.heap).into_vec();
             let mut kept = Vec::with_capacity(old.len() - (*cancelled_count).min(old.len()));
@@ -194,7 +195,9 @@ mod tests {
     }
 
     fn drain(h: &mut TimerHeap<T>, end: f64) -> Vec<u32> {
-        std::iter::from_fn(|| h.pop_due(end)).map(|t| t.id).collect()
+        std::iter::from_fn(|| h.pop_due(end))
+            .map(|t| t.id)
+            .collect()
     }
 
     #[test]
@@ -286,6 +289,10 @@ mod tests {
             }
         }
         h.purge_cancelled(&mut count, &mut removed);
-        assert!(h.len() <= 2 * MIN_SCHEDULED_TIMER_HANDLES + 1000, "{}", h.len());
+        assert!(
+            h.len() <= 2 * MIN_SCHEDULED_TIMER_HANDLES + 1000,
+            "{}",
+            h.len()
+        );
     }
 }

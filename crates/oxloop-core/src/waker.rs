@@ -6,14 +6,14 @@
 //! every time).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use crate::cvt;
 
 /// An eventfd plus the loop's "about to block" flag.
 pub struct Waker {
-    fd: OwnedFd,
+    fd: AtomicI32,
     sleeping: AtomicBool,
 }
 
@@ -25,10 +25,8 @@ impl Waker {
     pub fn new() -> io::Result<Self> {
         // SAFETY: plain syscall; the fd is owned by us alone.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: fresh descriptor, owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
-            fd,
+            fd: AtomicI32::new(fd),
             sleeping: AtomicBool::new(false),
         })
     }
@@ -50,7 +48,7 @@ impl Waker {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter saturated) still
         // leaves the fd readable, which is all a wake-up needs, so the result is ignored.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        let _ = unsafe { libc::write(self.fd.load(Ordering::Acquire), (&raw const one).cast(), 8) };
     }
 
     /// Clears a pending wake-up.
@@ -58,12 +56,29 @@ impl Waker {
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64. EAGAIN means nothing was
         // pending, which is fine, so the result is ignored.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
+        let _ = unsafe { libc::read(self.fd.load(Ordering::Acquire), (&raw mut buf).cast(), 8) };
+    }
+}
+
+impl Waker {
+    /// Closes the eventfd now. Idempotent; later wake-ups are no-ops.
+    pub fn close(&self) {
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: we owned `fd` and nobody can use it after the swap above.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 impl AsRawFd for Waker {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.load(Ordering::Acquire)
     }
 }

@@ -1,4 +1,5 @@
 //! Integration tests of the poller, waker and registry on real fds.
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -10,7 +11,8 @@ use oxloop_core::waker::Waker;
 
 fn wait(p: &Poller, timeout_ms: u64) -> Vec<Event> {
     let mut events = Events::with_capacity(16);
-    p.wait(&mut events, Some(Duration::from_millis(timeout_ms))).unwrap();
+    p.wait(&mut events, Some(Duration::from_millis(timeout_ms)))
+        .unwrap();
     events.iter().collect()
 }
 
@@ -25,7 +27,11 @@ fn readiness_is_level_triggered() {
     for _ in 0..3 {
         assert_eq!(
             wait(&p, 100),
-            vec![Event { token: 42, readable: true, writable: false }]
+            vec![Event {
+                token: 42,
+                readable: true,
+                writable: false
+            }]
         );
     }
     let mut buf = [0u8; 1];
@@ -38,7 +44,14 @@ fn write_interest_and_modify() {
     let p = Poller::new().unwrap();
     let (_a, b) = UnixStream::pair().unwrap();
     p.add(b.as_raw_fd(), 1, Interest::WRITE).unwrap();
-    assert_eq!(wait(&p, 100), vec![Event { token: 1, readable: false, writable: true }]);
+    assert_eq!(
+        wait(&p, 100),
+        vec![Event {
+            token: 1,
+            readable: false,
+            writable: true
+        }]
+    );
     p.modify(b.as_raw_fd(), 2, Interest::READ).unwrap();
     assert!(wait(&p, 0).is_empty());
     p.delete(b.as_raw_fd()).unwrap();
@@ -69,7 +82,8 @@ fn timeout_never_returns_early() {
     for micros in [1u64, 500, 1500, 2500] {
         let start = Instant::now();
         let mut events = Events::with_capacity(4);
-        p.wait(&mut events, Some(Duration::from_micros(micros))).unwrap();
+        p.wait(&mut events, Some(Duration::from_micros(micros)))
+            .unwrap();
         assert!(start.elapsed() >= Duration::from_micros(micros), "{micros}");
     }
 }

@@ -1,0 +1,592 @@
+//! `LoopCore`: the hot half of `oxloop.Loop`.
+//!
+//! `python/oxloop/_loop.py` defines `class Loop(LoopCore, asyncio.BaseEventLoop)`:
+//! everything called per callback or per event lives here (the ready queue, the
+//! timer heap, the poller, `call_soon`/`call_later`/`call_at`, fd callbacks, the run
+//! iteration), and the cold orchestration (`run_until_complete`, executors,
+//! async-generator hooks, the exception handler, tasks and futures) is the stdlib's
+//! own `BaseEventLoop` code, which reads the state through the `_closed`,
+//! `_stopping`, `_debug` and `_thread_id` properties defined here.
+//!
+//! Mirrors `Lib/asyncio/base_events.py::BaseEventLoop` (scheduling, `_run_once`)
+//! and `selector_events.py::BaseSelectorEventLoop` (`add_reader` & co).
+//!
+//! Invariant: `state` is never borrowed across a call into Python (see `gil.rs`).
+
+mod readers;
+mod run;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use oxloop_core::clock;
+use oxloop_core::poller::{Events, Interest, Poller};
+use oxloop_core::registry::Registry;
+use oxloop_core::timers::{TimerEntry, TimerHeap};
+use oxloop_core::waker::Waker;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::gil::GilRefCell;
+use crate::handles::{capture_source_traceback, Handle, TimerHandle};
+
+/// The poller token of the waker's eventfd (never a registry token: those carry a
+/// generation >= 1 in the high half and an fd < 2^31 in the low half).
+const WAKER_TOKEN: u64 = u64::MAX;
+/// Events read per poll.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A timer heap entry.
+pub(crate) struct Timer(Py<Handle>);
+
+impl TimerEntry for Timer {
+    fn is_cancelled(&self) -> bool {
+        self.0.get().is_cancelled()
+    }
+    fn unscheduled(&self) {
+        self.0.get().set_scheduled(false);
+    }
+}
+
+/// The callbacks watching one fd.
+#[derive(Default)]
+pub(crate) struct FdWatch {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    fn interest(&self) -> Interest {
+        Interest {
+            read: self.reader.is_some(),
+            write: self.writer.is_some(),
+        }
+    }
+}
+
+pub(crate) struct State {
+    ready: VecDeque<Py<Handle>>,
+    timers: TimerHeap<Timer>,
+    fds: Registry<FdWatch>,
+    /// Lent to the poll (taken out while the GIL is released).
+    events: Events,
+}
+
+#[pyclass(frozen, subclass, module = "oxloop._oxloop", name = "LoopCore")]
+pub struct LoopCore {
+    state: GilRefCell<State>,
+    poller: Poller,
+    waker: Waker,
+    stopping: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop; 0 when not running.
+    thread_id: AtomicU64,
+    /// asyncio's `_timer_cancelled_count`. Outside `state` because `cancel()` may be
+    /// called while the state is borrowed (from a `__del__` run by a drop).
+    timer_cancelled_count: AtomicUsize,
+    clock_resolution: f64,
+}
+
+/// Which callback of an fd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+impl LoopCore {
+    pub fn debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    pub fn timer_handle_cancelled(&self) {
+        self.timer_cancelled_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed() {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_check_thread` (debug mode only).
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != crate::ffi::thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds a handle the way `call_soon`/`call_at` do, with their checks.
+    ///
+    /// DIVERGENCE: a non-callable is refused with asyncio's debug-mode `TypeError`
+    /// even when debug mode is off (asyncio then accepts it and fails later, inside
+    /// the loop). Coroutine *functions* are only refused in debug mode, as asyncio does.
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &'static str,
+        thread_check: bool,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let debug = this.debug();
+        if debug {
+            if thread_check {
+                this.check_thread()?;
+            }
+            slf.call_method1(pyo3::intern!(py, "_check_callback"), (callback, method))?;
+        } else if !callback.is_callable() {
+            slf.call_method1(pyo3::intern!(py, "_check_callback"), (callback, method))?;
+        }
+        Self::handle_for(slf, callback, args, context)
+    }
+
+    /// A handle with no checks (asyncio's `events.Handle(callback, args, loop, context)`).
+    fn handle_for(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ctx,
+            _ => crate::ffi::copy_context(py)?,
+        };
+        let source_traceback = if slf.get().debug() {
+            Some(capture_source_traceback(py)?)
+        } else {
+            None
+        };
+        Ok(Handle::new(
+            callback.clone().unbind(),
+            args.unbind(),
+            context.unbind(),
+            slf.clone().unbind(),
+            source_traceback,
+        ))
+    }
+
+    fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
+        self.state.borrow_mut(py).ready.push_back(handle);
+    }
+
+    fn schedule_timer<'py>(
+        slf: &Bound<'py, Self>,
+        when: f64,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+        method: &'static str,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let py = slf.py();
+        let handle = Self::new_handle(slf, callback, args, context, method, true)?;
+        let timer = Bound::new(
+            py,
+            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)),
+        )?;
+        let base = timer.as_super();
+        base.get().set_scheduled(true);
+        slf.get()
+            .state
+            .borrow_mut(py)
+            .timers
+            .push(when, Timer(base.clone().unbind()));
+        Ok(timer)
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(|e| os_error(&e))?;
+        let waker = Waker::new().map_err(|e| os_error(&e))?;
+        poller
+            .add(
+                std::os::fd::AsRawFd::as_raw_fd(&waker),
+                WAKER_TOKEN,
+                Interest::READ,
+            )
+            .map_err(|e| os_error(&e))?;
+        Ok(Self {
+            state: GilRefCell::new(State {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(),
+                fds: Registry::new(),
+                events: Events::with_capacity(EVENTS_CAPACITY),
+            }),
+            poller,
+            waker,
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            timer_cancelled_count: AtomicUsize::new(0),
+            clock_resolution: clock::resolution(),
+        })
+    }
+
+    // ----- scheduling -----------------------------------------------------------
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::new_handle(slf, callback, args, context, "call_soon", true)?,
+        )?;
+        slf.get().push_ready(py, handle.clone().unbind());
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::new_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
+        )?;
+        let this = slf.get();
+        this.push_ready(py, handle.clone().unbind());
+        this.waker.wake_if_sleeping();
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later<'py>(
+        slf: &Bound<'py, Self>,
+        delay: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let now = clock::monotonic();
+        let when = match delay.extract::<f64>() {
+            Ok(delay) => now + delay,
+            // Let Python raise exactly what `self.time() + delay` raises.
+            Err(_) => now.into_pyobject(slf.py())?.add(delay)?.extract::<f64>()?,
+        };
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at<'py>(
+        slf: &Bound<'py, Self>,
+        when: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = when.extract::<f64>()?;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    /// asyncio's `_add_callback`: queue an existing handle. The stdlib's signal
+    /// code hands us `asyncio.events.Handle` objects: those are run through their
+    /// own `_run()`, which reports errors as asyncio does.
+    fn _add_callback(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Ok(ours) = handle.cast::<Handle>() {
+            if !ours.get().is_cancelled() {
+                slf.get().push_ready(py, ours.clone().unbind());
+            }
+            return Ok(());
+        }
+        if handle
+            .getattr(pyo3::intern!(py, "_cancelled"))?
+            .is_truthy()?
+        {
+            return Ok(());
+        }
+        let run = handle.getattr(pyo3::intern!(py, "_run"))?;
+        let wrapper = Bound::new(py, Self::handle_for(slf, &run, PyTuple::empty(py), None)?)?;
+        slf.get().push_ready(py, wrapper.unbind());
+        Ok(())
+    }
+
+    /// asyncio's `_add_callback_signalsafe`.
+    fn _add_callback_signalsafe(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::_add_callback(slf, handle)?;
+        slf.get().waker.wake();
+        Ok(())
+    }
+
+    /// Wakes the loop from its poll (asyncio's self-pipe write).
+    fn _write_to_self(&self) {
+        self.waker.wake();
+    }
+
+    fn _timer_handle_cancelled(&self, handle: &Bound<'_, Handle>) {
+        if handle.get().is_scheduled() {
+            self.timer_handle_cancelled();
+        }
+    }
+
+    // ----- running --------------------------------------------------------------
+
+    /// Runs iterations until `stop()`; `run_forever` (Python) sets up around it.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        loop {
+            Self::run_once(slf)?;
+            if this.stopping.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One iteration, as asyncio's `_run_once`.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once(slf)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed()
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
+    /// Drops every queued callback, timer and fd registration and closes the
+    /// poller; the Python `close()` calls it after asyncio's own checks.
+    fn _close_core(&self, py: Python<'_>) {
+        self.closed.store(true, Ordering::Relaxed);
+        let (ready, mut timers, fds) = {
+            let mut st = self.state.borrow_mut(py);
+            let ready = std::mem::take(&mut st.ready);
+            let mut timers = Vec::new();
+            st.timers.clear_into(&mut timers);
+            (ready, timers, st.fds.drain())
+        };
+        self.timer_cancelled_count.store(0, Ordering::Relaxed);
+        self.poller.close();
+        self.waker.close();
+        // Dropped here, outside the borrow: releasing them may run Python code.
+        drop((ready, std::mem::take(&mut timers), fds));
+    }
+
+    // ----- fd callbacks (selector_events.py) ------------------------------------
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Read).map(drop)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Read)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Read)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Write).map(drop)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer<'py>(
+        slf: &Bound<'py, Self>,
+        fd: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Write)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Write)
+    }
+
+    // ----- state read by BaseEventLoop's own methods ------------------------------
+
+    #[getter(_closed)]
+    fn closed_attr(&self) -> bool {
+        self.closed()
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, value: bool) {
+        self.closed.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_stopping)]
+    fn stopping_attr(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, value: bool) {
+        self.stopping.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: bool) {
+        self.debug.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_thread_id)]
+    fn thread_id_attr(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id_attr(&self, value: Option<u64>) {
+        self.thread_id.store(value.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn _clock_resolution(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    #[getter]
+    fn _timer_cancelled_count(&self) -> usize {
+        self.timer_cancelled_count.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the ready queue (asyncio's `_ready` deque, read-only here).
+    #[getter]
+    fn _ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items: Vec<Py<Handle>> = self
+            .state
+            .borrow_mut(py)
+            .ready
+            .iter()
+            .map(|h| h.clone_ref(py))
+            .collect();
+        PyList::new(py, items)
+    }
+
+    /// A snapshot of the timer heap (asyncio's `_scheduled` list, read-only here).
+    #[getter]
+    fn _scheduled<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut items: Vec<Py<Handle>> = Vec::new();
+        self.state
+            .borrow_mut(py)
+            .timers
+            .for_each(|t| items.push(t.0.clone_ref(py)));
+        PyList::new(py, items)
+    }
+
+    /// The number of fds with a reader or writer (introspection for tests).
+    fn _fd_watch_count(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).fds.len()
+    }
+
+    // ----- garbage collection -----------------------------------------------------
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: called by the GC only.
+        let Some(st) = (unsafe { self.state.try_get_for_gc() }) else {
+            return Ok(());
+        };
+        for h in &st.ready {
+            visit.call(h)?;
+        }
+        let mut result = Ok(());
+        st.timers.for_each(|t| {
+            if result.is_ok() {
+                result = visit.call(&t.0);
+            }
+        });
+        result?;
+        let mut result = Ok(());
+        st.fds.for_each(|_, w| {
+            if result.is_ok() {
+                result = visit.call(&w.reader).and_then(|()| visit.call(&w.writer));
+            }
+        });
+        result
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let (ready, mut timers, fds) = {
+            let mut st = self.state.borrow_mut(py);
+            let mut timers = Vec::new();
+            st.timers.clear_into(&mut timers);
+            (std::mem::take(&mut st.ready), timers, st.fds.drain())
+        };
+        drop((ready, std::mem::take(&mut timers), fds));
+    }
+}

@@ -1,0 +1,57 @@
+//! The only raw `pyo3::ffi` calls of the crate: running a callback inside a
+//! `contextvars.Context` without going through `Context.run`.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// `contextvars.copy_context()`.
+pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: attached to the interpreter (token); returns a new reference or NULL
+    // with an exception set, which `from_owned_ptr_or_err` turns into `Err`.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
+}
+
+/// `context.run(callback, *args)`, discarding the result.
+///
+/// Entering the context fails as `Context.run` does (`RuntimeError` when it is
+/// already entered, `TypeError` when it is not a `Context`).
+pub fn run_in_context(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    let ctx = context.as_ptr();
+    // SAFETY: `ctx` is a live object for the whole call (borrowed from `context`);
+    // PyContext_Enter type-checks it and sets an exception on failure.
+    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = if args.is_empty() {
+        callback.call0()
+    } else {
+        callback.call1(args)
+    };
+    // SAFETY: we entered `ctx` above on this thread, so exiting it is valid.
+    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result.map(drop)
+}
+
+/// Runs pending Python signal handlers (`KeyboardInterrupt` from the default
+/// SIGINT handler comes out of here). Cheap when no signal is pending.
+pub fn check_signals(py: Python<'_>) -> PyResult<()> {
+    // SAFETY: attached to the interpreter (token).
+    if unsafe { ffi::PyErr_CheckSignals() } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(())
+}
+
+/// `threading.get_ident()` of the calling thread.
+pub fn thread_ident() -> u64 {
+    // SAFETY: no preconditions.
+    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+}

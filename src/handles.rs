@@ -1,0 +1,365 @@
+//! `Handle` and `TimerHandle`: what `call_soon`, `call_later` and `call_at` return.
+//!
+//! Mirrors `Lib/asyncio/events.py::Handle` / `TimerHandle`: `cancel()`,
+//! `cancelled()`, `get_context()`, `when()`, the same reprs, and the private
+//! attributes the stdlib and its tests read (`_callback`, `_args`, `_cancelled`,
+//! `_loop`, `_context`, `_source_traceback`, `_scheduled`, `_when`).
+//!
+//! Handles are frozen pyclasses: the flags are atomics and the clearable fields
+//! are [`GilCell`]s, so the loop reads them without a borrow flag.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pyo3::basic::CompareOp;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::LoopCore;
+use crate::gil::GilCell;
+use crate::py;
+
+/// What a handle runs, cloned out of it for one call.
+pub struct Callback {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+}
+
+#[pyclass(frozen, subclass, weakref, module = "oxloop._oxloop", name = "Handle")]
+pub struct Handle {
+    callback: GilCell<Option<Py<PyAny>>>,
+    args: GilCell<Option<Py<PyTuple>>>,
+    context: Py<PyAny>,
+    event_loop: Py<LoopCore>,
+    cancelled: AtomicBool,
+    /// In the timer heap (asyncio's `TimerHandle._scheduled`).
+    scheduled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+    /// The repr kept at `cancel()` time in debug mode.
+    cached_repr: GilCell<Option<Py<PyAny>>>,
+}
+
+#[pyclass(frozen, extends = Handle, module = "oxloop._oxloop", name = "TimerHandle")]
+pub struct TimerHandle {
+    when: f64,
+}
+
+impl Handle {
+    pub fn new(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        event_loop: Py<LoopCore>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            callback: GilCell::new(Some(callback)),
+            args: GilCell::new(Some(args)),
+            context,
+            event_loop,
+            cancelled: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+            source_traceback,
+            cached_repr: GilCell::new(None),
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn is_scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_scheduled(&self, scheduled: bool) {
+        self.scheduled.store(scheduled, Ordering::Relaxed);
+    }
+
+    pub fn context<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.context.bind(py)
+    }
+
+    pub fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.source_traceback.as_ref()
+    }
+
+    /// The callback and its arguments, unless cancelled.
+    pub fn callback(&self, py: Python<'_>) -> Option<Callback> {
+        if self.is_cancelled() {
+            return None;
+        }
+        Some(Callback {
+            callback: self.callback.clone_ref(py)?,
+            args: self.args.clone_ref(py)?,
+        })
+    }
+
+    /// `Handle.cancel()`.
+    pub fn cancel_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let event_loop = this.event_loop.get();
+        if this.scheduled.load(Ordering::Relaxed) {
+            event_loop.timer_handle_cancelled();
+        }
+        if event_loop.debug() {
+            // Keep the repr that shows callback and arguments, for the
+            // "Executing <Handle...> took 2.5 seconds" warning.
+            this.cancelled.store(false, Ordering::Relaxed);
+            let text = slf.repr();
+            this.cancelled.store(true, Ordering::Relaxed);
+            drop(
+                this.cached_repr
+                    .replace(py, Some(text?.into_any().unbind())),
+            );
+        }
+        // Drop outside the cells: this may run arbitrary `__del__` code.
+        let callback = this.callback.replace(py, None);
+        let args = this.args.replace(py, None);
+        drop((callback, args));
+        Ok(())
+    }
+
+    /// asyncio's `Handle._repr_info()`.
+    fn repr_info<'py>(slf: &Bound<'py, Self>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut info = vec![slf.get_type().name()?.into_any()];
+        if this.is_cancelled() {
+            info.push(PyString::new(py, "cancelled").into_any());
+        }
+        if let Some(callback) = this.callback.clone_ref(py) {
+            let args = this
+                .args
+                .clone_ref(py)
+                .map_or_else(|| py.None(), Py::into_any);
+            info.push(py::format_callback_source(py)?.call1((callback, args))?);
+        }
+        if let Some(tb) = &this.source_traceback {
+            let tb = tb.bind(py);
+            if tb.is_truthy()? {
+                let frame = tb.get_item(-1)?;
+                let text = format!("created at {}:{}", frame.get_item(0)?, frame.get_item(1)?);
+                info.push(PyString::new(py, &text).into_any());
+            }
+        }
+        Ok(info)
+    }
+
+    fn join_repr(info: &[Bound<'_, PyAny>]) -> PyResult<String> {
+        let parts = info
+            .iter()
+            .map(|p| p.str().map(|s| s.to_string()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(format!("<{}>", parts.join(" ")))
+    }
+
+    /// Runs the callback like `Handle._run()`; the error is returned, not reported.
+    pub fn run_callback(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(cb) = self.callback(py) else {
+            return Ok(());
+        };
+        crate::ffi::run_in_context(
+            py,
+            self.context.bind(py),
+            cb.callback.bind(py),
+            cb.args.bind(py),
+        )
+    }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::cancel_impl(slf)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if let Some(text) = slf.get().cached_repr.clone_ref(py) {
+            return Ok(text);
+        }
+        let info = Self::repr_info(slf)?;
+        Ok(PyString::new(py, &Self::join_repr(&info)?)
+            .into_any()
+            .unbind())
+    }
+
+    /// Runs the callback and reports an exception to the loop's handler, as
+    /// asyncio's `Handle._run()` does.
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let event_loop = slf.get().event_loop.bind(slf.py()).clone();
+        LoopCore::run_handle(&event_loop, slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.clone_ref(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.args.clone_ref(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.event_loop.clone_ref(py).into_any()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.cached_repr.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: called by the GC only (see GilCell::get_for_gc).
+        unsafe {
+            visit.call(self.callback.get_for_gc())?;
+            visit.call(self.args.get_for_gc())?;
+            visit.call(self.cached_repr.get_for_gc())?;
+        }
+        visit.call(&self.context)?;
+        visit.call(&self.event_loop)?;
+        visit.call(&self.source_traceback)?;
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let callback = self.callback.replace(py, None);
+        let args = self.args.replace(py, None);
+        drop((callback, args));
+    }
+}
+
+impl TimerHandle {
+    pub fn new(when: f64) -> Self {
+        Self { when }
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let base = slf.as_super();
+        if let Some(text) = base.get().cached_repr.clone_ref(py) {
+            return Ok(text);
+        }
+        let mut info = Handle::repr_info(base)?;
+        // CPython: TimerHandle._repr_info puts `when=` right after the class name
+        // (and after "cancelled").
+        let pos = if base.get().is_cancelled() { 2 } else { 1 };
+        let when = PyString::new(
+            py,
+            &format!("when={}", slf.get().when.into_pyobject(py)?.repr()?),
+        );
+        info.insert(pos, when.into_any());
+        Ok(PyString::new(py, &Handle::join_repr(&info)?)
+            .into_any()
+            .unbind())
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        // CPython: TimerHandle.__hash__ is hash(self._when).
+        self.when.into_pyobject(py)?.hash()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        // CPython: __le__/__ge__ are `<`/`>` or __eq__, and __eq__ compares the
+        // deadline, callback, arguments and cancelled flag.
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || Self::same(slf, other)?,
+            CompareOp::Ge => a > b || Self::same(slf, other)?,
+            CompareOp::Eq => Self::same(slf, other)?,
+            CompareOp::Ne => !Self::same(slf, other)?,
+        };
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
+    }
+}
+
+impl TimerHandle {
+    fn same(a: &Bound<'_, Self>, b: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = a.py();
+        let (ha, hb) = (a.as_super().get(), b.as_super().get());
+        if a.get().when != b.get().when || ha.is_cancelled() != hb.is_cancelled() {
+            return Ok(false);
+        }
+        let eq = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {
+            x.map_or_else(|| py.None(), |v| v)
+                .bind(py)
+                .eq(y.map_or_else(|| py.None(), |v| v))
+        };
+        Ok(eq(ha.callback.clone_ref(py), hb.callback.clone_ref(py))?
+            && eq(
+                ha.args.clone_ref(py).map(Py::into_any),
+                hb.args.clone_ref(py).map(Py::into_any),
+            )?)
+    }
+}
+
+/// Builds the `_source_traceback` list of a handle created in debug mode: the
+/// stack of the Python code that called into the loop.
+pub fn capture_source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // No Python frame exists for the Rust method itself, so frame 0 is the caller.
+    let frame = py::getframe(py)?.call1((0,))?;
+    let stack = py::extract_stack(py)?.call1((frame,))?;
+    Ok(stack
+        .cast_into::<PyList>()
+        .map_or_else(|e| e.into_inner().unbind(), |l| l.into_any().unbind()))
+}

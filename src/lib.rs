@@ -1,0 +1,31 @@
+//! `oxloop._oxloop`: the PyO3 layer of oxloop.
+//!
+//! Thin glue over `oxloop-core`: the loop's hot half ([`event_loop::LoopCore`]),
+//! [`handles`], and the single places for GIL-guarded state ([`gil`]), raw FFI
+//! ([`ffi`]), OS-error mapping ([`errors`]) and cached Python objects ([`py`]).
+
+mod errors;
+mod event_loop;
+mod ffi;
+mod gil;
+mod handles;
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "build_profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}

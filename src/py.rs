@@ -1,0 +1,41 @@
+//! Python objects looked up once per interpreter (uvloop's `includes/stdlib.pxi`).
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+fn cached<'py>(
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    py: Python<'py>,
+    module: &str,
+    attr: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import(module)?.getattr(attr)?.unbind())
+    })
+    .map(|obj| obj.bind(py))
+}
+
+macro_rules! import_cache {
+    ($($(#[$doc:meta])* $name:ident => $module:literal . $attr:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+                static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                cached(&CELL, py, $module, $attr)
+            }
+        )*
+    };
+}
+
+import_cache! {
+    /// `asyncio.format_helpers._format_callback_source(callback, args)`.
+    format_callback_source => "asyncio.format_helpers" . "_format_callback_source";
+    /// `asyncio.format_helpers.extract_stack(frame)`.
+    extract_stack => "asyncio.format_helpers" . "extract_stack";
+    /// `asyncio.base_events._format_handle(handle)`, used by the slow-callback warning.
+    format_handle => "asyncio.base_events" . "_format_handle";
+    /// The `asyncio` logger.
+    asyncio_logger => "asyncio.log" . "logger";
+    /// `sys._getframe`.
+    getframe => "sys" . "_getframe";
+}
