@@ -54,6 +54,9 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         # The self-pipe that signal.set_wakeup_fd() writes to; made on first use.
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
+        # oxloop polls in Rust; there is no Python selector object (asyncio's closed
+        # loops have `_selector = None` too).
+        self._selector = None
 
     # ----- running ---------------------------------------------------------------
 
@@ -70,7 +73,15 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
                 firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
             )
             events._set_running_loop(self)
-            self._run()
+            run_once = self.__dict__.get('_run_once', type(self)._run_once)
+            if run_once is _oxloop.LoopCore._run_once:
+                self._run()
+            else:
+                # A subclass or a test replaced _run_once: honour it, as asyncio does.
+                while True:
+                    self._run_once()
+                    if self._stopping:
+                        break
         finally:
             self._stopping = False
             self._thread_id = None
