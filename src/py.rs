@@ -38,4 +38,10 @@ import_cache! {
     asyncio_logger => "asyncio.log" . "logger";
     /// `sys._getframe`.
     getframe => "sys" . "_getframe";
+    /// `asyncio.futures.Future` (the C `_asyncio.Future`).
+    future_type => "asyncio.futures" . "Future";
+    /// `asyncio.tasks.Task` (the C `_asyncio.Task`).
+    task_type => "asyncio.tasks" . "Task";
+    /// `asyncio.tasks._set_task_name`.
+    set_task_name => "asyncio.tasks" . "_set_task_name";
 }

@@ -15,6 +15,7 @@
 
 mod readers;
 mod run;
+mod tasks;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -317,6 +318,22 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         clock::monotonic()
+    }
+
+    // ----- futures and tasks (hot enough to skip a Python frame) -------------------
+
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Self::new_future(slf)
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::new_task(slf, coro, name, context)
     }
 
     /// asyncio's `_add_callback`: queue an existing handle. The stdlib's signal

@@ -30,7 +30,7 @@ impl LoopCore {
         let this = slf.get();
 
         let mut purged = Vec::new();
-        let (timeout, mut events) = {
+        let (timeout, mut events, no_fds) = {
             let mut st = this.state.borrow_mut(py);
             let mut cancelled = this.timer_cancelled_count.load(Ordering::Relaxed);
             st.timers.purge_cancelled(&mut cancelled, &mut purged);
@@ -44,12 +44,20 @@ impl LoopCore {
                     Duration::from_secs_f64(secs)
                 })
             };
-            (timeout, std::mem::take(&mut st.events))
+            (timeout, std::mem::take(&mut st.events), st.fds.is_empty())
         };
         drop(purged);
 
         let polled = if timeout == Some(Duration::ZERO) {
-            this.poller.wait(&mut events, timeout)
+            if no_fds {
+                // Nothing but the waker is registered, and a wake-up is moot when we
+                // are not going to block: skip the syscall. With no fd watched
+                // asyncio's zero-timeout select() cannot report anything either.
+                events.clear();
+                Ok(0)
+            } else {
+                this.poller.wait(&mut events, timeout)
+            }
         } else {
             // A thread that calls call_soon_threadsafe needs the GIL to queue its
             // callback, so it sees this flag only once we are about to block.

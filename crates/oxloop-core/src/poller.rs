@@ -98,6 +98,11 @@ impl Events {
         }
     }
 
+    /// Forgets the events of the last wait.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Number of events from the last wait.
     #[must_use]
     pub fn len(&self) -> usize {
