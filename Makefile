@@ -46,7 +46,7 @@ lint: lint-rust lint-python ## all linters
 
 .PHONY: test-rust
 test-rust: ## cargo test for the Python-free core
-	cargo test -p oxloop-core
+	cargo test --workspace
 
 .PHONY: test-python
 test-python: build-prod ## pytest: behaviour tests on oxloop and asyncio, then CPython's conformance suite

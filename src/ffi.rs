@@ -51,6 +51,7 @@ pub fn check_signals(py: Python<'_>) -> PyResult<()> {
 }
 
 /// `threading.get_ident()` of the calling thread.
+#[allow(clippy::useless_conversion)] // c_ulong is 32 bits on some targets
 pub fn thread_ident() -> u64 {
     // SAFETY: no preconditions.
     u64::from(unsafe { ffi::PyThread_get_thread_ident() })

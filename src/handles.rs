@@ -341,9 +341,9 @@ impl TimerHandle {
             return Ok(false);
         }
         let eq = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {
-            x.map_or_else(|| py.None(), |v| v)
+            x.unwrap_or_else(|| py.None())
                 .bind(py)
-                .eq(y.map_or_else(|| py.None(), |v| v))
+                .eq(y.unwrap_or_else(|| py.None()))
         };
         Ok(eq(ha.callback.clone_ref(py), hb.callback.clone_ref(py))?
             && eq(

@@ -1,9 +1,8 @@
 """oxloop: a drop-in asyncio event loop written in Rust.
 
-    import oxloop
-    oxloop.run(main())                       # like asyncio.run(main())
-    oxloop.install(); asyncio.run(main())    # through the event-loop policy
-    asyncio.Runner(loop_factory=oxloop.new_event_loop)
+Run a coroutine with ``oxloop.run(main())`` (like ``asyncio.run``), make it asyncio's
+default with ``oxloop.install()``, or pass ``loop_factory=oxloop.new_event_loop`` to
+``asyncio.Runner``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ that ``BaseEventLoop`` reads (``_closed``, ``_stopping``, ``_debug``,
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import sys
 import threading
@@ -69,9 +68,7 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         old_agen_hooks = sys.get_asyncgen_hooks()
         try:
             self._thread_id = threading.get_ident()
-            sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
-            )
+            sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
             run_once = self.__dict__.get('_run_once', type(self)._run_once)
             if run_once is _oxloop.LoopCore._run_once:
@@ -109,6 +106,7 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
             warnings.warn(
                 f'Closing the loop {self!r} on interpreter shutdown stage, skipping signal handlers removal',
                 ResourceWarning,
+                stacklevel=1,
                 source=self,
             )
             self._signal_handlers.clear()
