@@ -107,15 +107,10 @@ impl Handle {
             event_loop.timer_handle_cancelled();
         }
         if event_loop.debug() {
-            // Keep the repr that shows callback and arguments, for the
-            // "Executing <Handle...> took 2.5 seconds" warning.
-            this.cancelled.store(false, Ordering::Relaxed);
-            let text = slf.repr();
-            this.cancelled.store(true, Ordering::Relaxed);
-            drop(
-                this.cached_repr
-                    .replace(py, Some(text?.into_any().unbind())),
-            );
+            // Keep the repr that still shows callback and arguments (flagged
+            // "cancelled"), for the "Executing <Handle...> took 2.5 seconds" warning.
+            let text = slf.repr()?;
+            drop(this.cached_repr.replace(py, Some(text.into_any().unbind())));
         }
         // Drop outside the cells: this may run arbitrary `__del__` code.
         let callback = this.callback.replace(py, None);
