@@ -1,9 +1,10 @@
 //! Wakes a loop blocked in [`crate::poller::Poller::wait`] from another thread.
 //!
 //! An eventfd registered in the poller. The loop publishes a "sleeping" flag before
-//! it blocks; `call_soon_threadsafe` writes the eventfd only when the flag is set, so
-//! a busy loop pays no syscall per cross-thread call (the stdlib writes its self-pipe
-//! every time).
+//! it blocks; `call_soon_threadsafe` writes the eventfd only when it is the one that
+//! clears the flag, so a busy loop pays no syscall per cross-thread call and a
+//! sleeping loop pays one per wake-up, not one per call (the stdlib writes its
+//! self-pipe every time; libuv's `uv_async_send` coalesces the same way).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -36,9 +37,11 @@ impl Waker {
         self.sleeping.store(sleeping, Ordering::SeqCst);
     }
 
-    /// Wakes the loop if it is (about to be) blocked; a no-op otherwise.
+    /// Wakes the loop if it is (about to be) blocked; a no-op otherwise. Only the
+    /// first caller after the loop went to sleep pays the syscall: it clears the
+    /// flag, and the wake-up it sends is pending until the loop drains it.
     pub fn wake_if_sleeping(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
             self.wake();
         }
     }

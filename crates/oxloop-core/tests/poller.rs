@@ -111,4 +111,12 @@ fn waker_wakes_a_blocked_wait_from_another_thread() {
     // Not sleeping: no syscall, no wake-up.
     w.wake_if_sleeping();
     assert!(wait(&p, 0).is_empty());
+    // Many wakers while asleep: one pending wake-up, and it is enough.
+    w.set_sleeping(true);
+    for _ in 0..100 {
+        w.wake_if_sleeping();
+    }
+    assert_eq!(wait(&p, 100).len(), 1);
+    w.drain();
+    assert!(wait(&p, 0).is_empty());
 }
