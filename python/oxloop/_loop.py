@@ -12,6 +12,7 @@ that ``BaseEventLoop`` reads (``_closed``, ``_stopping``, ``_debug``,
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -56,6 +57,7 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         # oxloop polls in Rust; there is no Python selector object (asyncio's closed
         # loops have `_selector = None` too).
         self._selector = None
+        _live_loops.add(self)
 
     # ----- running ---------------------------------------------------------------
 
@@ -223,6 +225,18 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
 
 
 _unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+
+# Loops alive in this process; a forked child gives each its own epoll set and
+# eventfd (sharing the parent's would deliver the child's events to the parent).
+_live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live_loops):
+        loop._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Keep `asyncio` importable for users who only `import oxloop`.
 assert issubclass(Loop, asyncio.AbstractEventLoop)

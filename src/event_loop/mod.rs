@@ -566,6 +566,31 @@ impl LoopCore {
         PyList::new(py, items)
     }
 
+    /// After `fork()`, in the child: a fresh epoll instance and eventfd, with every
+    /// watched fd registered again, so parent and child no longer share them.
+    fn _after_fork(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed() {
+            return Ok(());
+        }
+        self.poller.reopen().map_err(|e| os_error(&e))?;
+        self.waker.reopen().map_err(|e| os_error(&e))?;
+        self.poller
+            .add(
+                std::os::fd::AsRawFd::as_raw_fd(&self.waker),
+                WAKER_TOKEN,
+                Interest::READ,
+            )
+            .map_err(|e| os_error(&e))?;
+        let st = self.state.borrow_mut(py);
+        let mut result = Ok(());
+        st.fds.for_each(|fd, watch| {
+            if let (Ok(()), Some(token)) = (&result, st.fds.token(fd)) {
+                result = self.poller.add(fd, token, watch.interest());
+            }
+        });
+        result.map_err(|e| os_error(&e))
+    }
+
     /// The number of fds with a reader or writer (introspection for tests).
     fn _fd_watch_count(&self, py: Python<'_>) -> usize {
         self.state.borrow_mut(py).fds.len()

@@ -168,6 +168,26 @@ impl Poller {
         }
     }
 
+    /// Replaces the epoll instance with a fresh, empty one (after `fork()`: the
+    /// child must not share the parent's interest list). The caller registers its
+    /// fds again. Does nothing on a closed poller.
+    ///
+    /// # Errors
+    /// The `epoll_create1` error; the old instance is kept then.
+    pub fn reopen(&self) -> io::Result<()> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        // SAFETY: plain syscall; the returned fd is owned by us alone.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        let old = self.epfd.swap(fd, Ordering::AcqRel);
+        if old >= 0 {
+            // SAFETY: we owned `old`; nothing can use it after the swap.
+            unsafe { libc::close(old) };
+        }
+        Ok(())
+    }
+
     /// True once [`Poller::close`] ran.
     #[must_use]
     pub fn is_closed(&self) -> bool {

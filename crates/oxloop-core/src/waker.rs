@@ -64,6 +64,25 @@ impl Waker {
 }
 
 impl Waker {
+    /// Replaces the eventfd with a fresh one (after `fork()`), clearing the flag.
+    ///
+    /// # Errors
+    /// The `eventfd` error; the old fd is kept then.
+    pub fn reopen(&self) -> io::Result<()> {
+        if self.fd.load(Ordering::Acquire) < 0 {
+            return Ok(());
+        }
+        // SAFETY: plain syscall; the fd is owned by us alone.
+        let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        let old = self.fd.swap(fd, Ordering::AcqRel);
+        if old >= 0 {
+            // SAFETY: we owned `old`; nothing can use it after the swap.
+            unsafe { libc::close(old) };
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Closes the eventfd now. Idempotent; later wake-ups are no-ops.
     pub fn close(&self) {
         let fd = self.fd.swap(-1, Ordering::AcqRel);

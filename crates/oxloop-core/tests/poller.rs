@@ -120,3 +120,17 @@ fn waker_wakes_a_blocked_wait_from_another_thread() {
     w.drain();
     assert!(wait(&p, 0).is_empty());
 }
+
+#[test]
+fn reopen_gives_an_empty_interest_list() {
+    let p = Poller::new().unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    p.add(b.as_raw_fd(), 3, Interest::READ).unwrap();
+    a.write_all(b"x").unwrap();
+    let before = p.as_raw_fd();
+    p.reopen().unwrap();
+    assert!(wait(&p, 0).is_empty());
+    p.add(b.as_raw_fd(), 4, Interest::READ).unwrap();
+    assert_eq!(wait(&p, 100).len(), 1);
+    assert!(before >= 0 && p.as_raw_fd() >= 0);
+}
