@@ -199,6 +199,14 @@ impl Handle {
         LoopCore::run_handle(&event_loop, slf)
     }
 
+    /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as it
+    /// does for the stdlib's handles (CPython's `isinstance` consults `__class__`
+    /// when the type itself does not match); `type(handle)` stays this class.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
+        py::asyncio_handle(py)
+    }
+
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.callback.clone_ref(py)
@@ -274,6 +282,12 @@ impl TimerHandle {
     #[getter]
     fn _when(&self) -> f64 {
         self.when
+    }
+
+    /// `asyncio.TimerHandle` (see `Handle.__class__`).
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
+        py::asyncio_timer_handle(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {

@@ -42,6 +42,10 @@ import_cache! {
     future_type => "asyncio.futures" . "Future";
     /// `asyncio.tasks.Task` (the C `_asyncio.Task`).
     task_type => "asyncio.tasks" . "Task";
+    /// `asyncio.events.Handle`.
+    asyncio_handle => "asyncio.events" . "Handle";
+    /// `asyncio.events.TimerHandle`.
+    asyncio_timer_handle => "asyncio.events" . "TimerHandle";
     /// `asyncio.tasks._set_task_name`.
     set_task_name => "asyncio.tasks" . "_set_task_name";
 }

@@ -38,5 +38,8 @@ def install() -> None:
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run a coroutine on a fresh oxloop loop, as asyncio.run() does."""
+    if asyncio.events._get_running_loop() is not None:
+        # CPython: asyncio.run checks before it creates a loop.
+        raise RuntimeError('asyncio.run() cannot be called from a running event loop')
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

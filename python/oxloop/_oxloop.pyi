@@ -1,7 +1,8 @@
 """Type stubs for the Rust extension `oxloop._oxloop`."""
 
+import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, final
 
 from typing_extensions import Self, disjoint_base
@@ -69,6 +70,14 @@ class LoopCore:
         self, when: float, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> TimerHandle: ...
     def time(self) -> float: ...
+    def create_future(self) -> asyncio.Future[Any]: ...
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[Any]: ...
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...

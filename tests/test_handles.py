@@ -1,0 +1,146 @@
+"""Handle / TimerHandle: cancel, cancelled, when, get_context, repr."""
+
+import asyncio
+import contextvars
+import re
+import weakref
+
+var = contextvars.ContextVar('var', default='default')
+
+
+def callback(*args):
+    pass
+
+
+def test_handles_call_soon_returns_handle(loop):
+    h = loop.call_soon(callback)
+    assert not h.cancelled()
+    assert not hasattr(h, 'when')
+    h.cancel()
+
+
+def test_handles_cancel_prevents_run(loop, run_briefly):
+    calls = []
+    h = loop.call_soon(calls.append, 'cancelled')
+    loop.call_soon(calls.append, 'kept')
+    assert h.cancel() is None
+    assert h.cancelled()
+    run_briefly(loop)
+    assert calls == ['kept']
+
+
+def test_handles_cancel_twice_and_after_run(loop, run_briefly):
+    calls = []
+    h = loop.call_soon(calls.append, 1)
+    run_briefly(loop)
+    assert calls == [1]
+    assert not h.cancelled()
+    h.cancel()
+    h.cancel()
+    assert h.cancelled()
+
+
+def test_handles_cancel_from_earlier_callback(loop, run_briefly):
+    calls = []
+    handles = []
+    loop.call_soon(lambda: handles[0].cancel())
+    handles.append(loop.call_soon(calls.append, 'victim'))
+    run_briefly(loop)
+    assert calls == []
+    assert handles[0].cancelled()
+
+
+def test_handles_timer_handle_when_and_cancel(loop):
+    h = loop.call_at(1000.25, callback)
+    assert h.when() == 1000.25
+    assert not h.cancelled()
+    h.cancel()
+    assert h.cancelled()
+    assert h.when() == 1000.25
+
+
+def test_handles_context_explicit_is_used(loop, run_briefly):
+    # CPython 3.11's Handle has no get_context() (3.12 added it): check the effect.
+    ctx = contextvars.Context()
+    ctx.run(var.set, 'explicit')
+    seen = []
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon_threadsafe(lambda: seen.append(var.get()), context=ctx)
+    loop.call_at(loop.time() - 1, lambda: seen.append(var.get()), context=ctx)
+    run_briefly(loop)
+    assert seen == ['explicit'] * 3
+
+
+def test_handles_repr_handle(loop):
+    h = loop.call_soon(callback, 1, 'x')
+    r = repr(h)
+    assert r.startswith('<Handle ')
+    assert r.endswith('>')
+    assert "callback(1, 'x')" in r
+    assert 'cancelled' not in r
+    h.cancel()
+    r = repr(h)
+    assert r.startswith('<Handle cancelled')
+    assert r.endswith('>')
+
+
+def test_handles_repr_timer_handle(loop):
+    h = loop.call_at(1234.5, callback, 2)
+    r = repr(h)
+    assert r.startswith('<TimerHandle when=1234.5 ')
+    assert 'callback(2)' in r
+    assert 'cancelled' not in r
+    h.cancel()
+    r = repr(h)
+    assert r.startswith('<TimerHandle cancelled when=1234.5')
+    assert r.endswith('>')
+
+
+def test_handles_repr_debug_mode_shows_source(loop):
+    loop.set_debug(True)
+    h = loop.call_soon(callback)
+    line = h._source_traceback[-1].lineno
+    assert re.fullmatch(rf'<Handle callback\(\) at .*:\d+ created at {re.escape(__file__)}:{line}>', repr(h))
+    h.cancel()
+    # In debug mode a cancelled handle keeps its callback in the repr.
+    r = repr(h)
+    assert r.startswith('<Handle cancelled callback() at ')
+    assert f'created at {__file__}:{line}' in r
+
+
+def test_handles_repr_timer_handle_source(loop):
+    t = loop.call_later(10, callback)
+    assert re.fullmatch(r'<TimerHandle when=[0-9.e+]+ callback\(\) at .*:\d+>', repr(t))
+    t.cancel()
+
+
+def test_handles_are_stdlib_handle_instances(loop):
+    # Code type-checks what the loop returns (isinstance(h, asyncio.TimerHandle)).
+    h = loop.call_soon(callback)
+    t = loop.call_later(10, callback)
+    assert isinstance(h, asyncio.Handle)
+    assert isinstance(t, asyncio.Handle)
+    assert isinstance(t, asyncio.TimerHandle)
+    assert not isinstance(h, asyncio.TimerHandle)
+    h.cancel()
+    t.cancel()
+
+
+def test_handles_timer_handles_order_by_when(loop):
+    early = loop.call_at(100.0, callback)
+    late = loop.call_at(200.0, callback)
+    assert early < late
+    assert late > early
+    assert early <= late
+    assert sorted([late, early]) == [early, late]
+    early.cancel()
+    late.cancel()
+
+
+def test_handles_weakref(loop):
+    h = loop.call_soon(callback)
+    t = loop.call_later(10, callback)
+    refs = [weakref.ref(h), weakref.ref(t)]
+    assert [r() for r in refs] == [h, t]
+    h.cancel()
+    t.cancel()
