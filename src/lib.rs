@@ -6,6 +6,7 @@
 
 mod errors;
 mod event_loop;
+mod fastcall;
 mod ffi;
 mod gil;
 mod handles;
@@ -27,5 +28,6 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    fastcall::install(m.py())?;
     Ok(())
 }

@@ -248,7 +248,7 @@ impl LoopCore {
     // ----- scheduling -----------------------------------------------------------
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon<'py>(
+    pub(crate) fn call_soon<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
@@ -264,7 +264,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe<'py>(
+    pub(crate) fn call_soon_threadsafe<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
@@ -282,7 +282,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later<'py>(
+    pub(crate) fn call_later<'py>(
         slf: &Bound<'py, Self>,
         delay: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
@@ -302,7 +302,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at<'py>(
+    pub(crate) fn call_at<'py>(
         slf: &Bound<'py, Self>,
         when: &Bound<'py, PyAny>,
         callback: &Bound<'py, PyAny>,
