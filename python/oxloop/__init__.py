@@ -24,8 +24,12 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-class EventLoopPolicy(asyncio.events.BaseDefaultEventLoopPolicy):
-    """An asyncio policy whose loops are oxloop loops."""
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+    """An asyncio policy whose loops are oxloop loops.
+
+    It derives from the platform's default policy, so the rest of its API (on Unix
+    and CPython 3.11, the child-watcher methods) is the stdlib's.
+    """
 
     def _loop_factory(self) -> Loop:  # type: ignore[override]
         return new_event_loop()
