@@ -1,0 +1,5 @@
+"""CPython's test.test_asyncio.test_timeouts, with oxloop's policy installed (see conftest.py)."""
+
+from _cpython_harness import export_tests
+
+export_tests('test_timeouts', globals())

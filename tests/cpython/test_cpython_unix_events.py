@@ -1,0 +1,5 @@
+"""CPython's test.test_asyncio.test_unix_events, with oxloop's policy installed (see conftest.py)."""
+
+from _cpython_harness import export_tests
+
+export_tests('test_unix_events', globals())
