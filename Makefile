@@ -31,7 +31,7 @@ format: $(STAMP) ## format Rust and Python sources
 	ruff check --fix python tests benches
 
 .PHONY: lint-rust
-lint-rust: ## cargo fmt --check and clippy -D warnings
+lint-rust: $(STAMP) ## cargo fmt --check and clippy -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
@@ -45,7 +45,7 @@ lint-python: $(STAMP) ## ruff, and stubtest for the .pyi stubs (needs the built 
 lint: lint-rust lint-python ## all linters
 
 .PHONY: test-rust
-test-rust: ## cargo test for the Python-free core
+test-rust: $(STAMP) ## cargo test for the Python-free core
 	cargo test --workspace
 
 .PHONY: test-python
