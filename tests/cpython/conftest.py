@@ -122,6 +122,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = kept
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _items:
+        # Importing CPython's test modules and collecting ~2,400 tests leaves a large
+        # heap: freeze it so that the per-test collections (CPython's tearDowns call
+        # support.gc_collect(); see also pytest_runtest_teardown) only scan new objects.
+        gc.collect()
+        gc.freeze()
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _scratch_cwd():
     """CPython's tests write scratch files (os_helper.TESTFN) into the current
@@ -162,15 +171,16 @@ def _target_policy(request: pytest.FixtureRequest):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    """An expected failure (a missing later capability) often skips its test's cleanup
-    and leaks sockets, pipes, ptys or helper threads. Reclaim them now, quietly, instead of
-    letting their ResourceWarnings land on whichever later test happens to trigger the
-    collection (pytest keeps the last failure's frames alive in ``sys.last_*`` until the
+    """A failed or expected-to-fail test (a missing later capability) often skips its
+    cleanup and leaks loops, sockets, pipes, ptys or helper threads. Reclaim them now,
+    quietly (the test already fails), instead of letting their ResourceWarnings land on
+    whichever later test happens to trigger the collection (pytest keeps the last failure's frames alive in ``sys.last_*`` until the
     next test; a helper thread may drop its socket whenever it ends)."""
     try:
         return (yield)
     finally:
-        if item.nodeid in _items and item.get_closest_marker('xfail') is not None:
+        failed = _outcome.get(item.nodeid) in ('failed', 'error')
+        if item.nodeid in _items and (failed or item.get_closest_marker('xfail') is not None):
             before = item.stash.get(_THREADS_KEY, None)
             started = set() if before is None else set(threading.enumerate()) - before - {threading.current_thread()}
             with warnings.catch_warnings():
