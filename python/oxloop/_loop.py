@@ -1,44 +1,40 @@
 """The Python half of oxloop's event loop: cold paths only.
 
 ``Loop`` inherits the hot half (``call_soon``, timers, fd callbacks, the run
-iteration) from the Rust ``LoopCore`` and everything that only orchestrates
-(``run_until_complete``, tasks and futures, executors, async-generator hooks, the
-exception handler, ``getaddrinfo``) from the stdlib's own ``BaseEventLoop``, so
-those keep asyncio's exact behaviour and messages. ``LoopCore`` exposes the state
-that ``BaseEventLoop`` reads (``_closed``, ``_stopping``, ``_debug``,
-``_thread_id``) as properties.
+iteration, native transports) from the Rust ``LoopCore``, and everything else from
+the stdlib's own Unix selector loop (``unix_events._UnixSelectorEventLoop`` and its
+bases): ``run_until_complete``, tasks and futures, executors, async-generator
+hooks, the exception handler, DNS, signals, and the orchestration of connections,
+servers, pipes and subprocesses. That code keeps asyncio's exact behaviour and
+messages; ``LoopCore`` comes first in the MRO and exposes the state it reads
+(``_closed``, ``_stopping``, ``_debug``, ``_thread_id``) as properties.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import socket
 import sys
 import threading
 import weakref
 from asyncio import base_events, coroutines, events, unix_events
-from typing import Any, NoReturn
+from typing import Any
 
 from . import _oxloop
 
 __all__ = ('Loop',)
 
-_NEXT_ISSUE = 'issue 4: network transports'
 
-
-def _not_yet(name: str, capability: str) -> NoReturn:
-    raise NotImplementedError(f'oxloop: {name}() is not implemented yet ({capability})')
-
-
-class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
+class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose core runs in Rust."""
 
     def __init__(self) -> None:
-        # BaseEventLoop.__init__, minus the state that LoopCore owns (ready queue,
-        # timers, _closed, _stopping, _thread_id, _clock_resolution).
+        # The stdlib loops' __init__, minus the state that LoopCore owns (ready queue,
+        # timers, fd watches, _closed, _stopping, _thread_id, _clock_resolution).
         self._default_executor = None
-        self._internal_fds = 0
+        self._internal_fds = 1  # LoopCore's eventfd waker (the self-pipe adds one when made)
         self._exception_handler = None
         self.set_debug(coroutines._is_debug_mode())
         self.slow_callback_duration = 0.1
@@ -54,9 +50,8 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         # The self-pipe that signal.set_wakeup_fd() writes to; made on first use.
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
-        # oxloop polls in Rust; there is no Python selector object (asyncio's closed
-        # loops have `_selector = None` too).
-        self._selector = None
+        self._selector = _SelectorView(self)
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         _live_loops.add(self)
 
     # ----- running ---------------------------------------------------------------
@@ -96,8 +91,10 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         if self.is_closed():
             return
         self._close_self_pipe()
-        super().close()
+        base_events.BaseEventLoop.close(self)
         self._close_core()
+        self._internal_fds -= 1  # the eventfd waker
+        self._selector = None  # CPython: a closed selector loop has no selector
         # CPython: _UnixSelectorEventLoop.close removes signal handlers afterwards.
         if not sys.is_finalizing():
             for sig in list(self._signal_handlers):
@@ -113,14 +110,7 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
             )
             self._signal_handlers.clear()
 
-    # ----- signals (unix_events._UnixSelectorEventLoop) ---------------------------
-
-    def _make_self_pipe(self) -> None:
-        self._ssock, self._csock = socket.socketpair()
-        self._ssock.setblocking(False)
-        self._csock.setblocking(False)
-        self._internal_fds += 1
-        self._add_reader(self._ssock.fileno(), self._read_from_self)
+    # ----- signals (the rest is unix_events._UnixSelectorEventLoop's) ----------------
 
     def _close_self_pipe(self) -> None:
         if self._ssock is None or self._csock is None:
@@ -132,99 +122,43 @@ class Loop(_oxloop.LoopCore, base_events.BaseEventLoop):  # type: ignore[misc]
         self._csock = None
         self._internal_fds -= 1
 
-    def _read_from_self(self) -> None:
-        assert self._ssock is not None
-        while True:
-            try:
-                data = self._ssock.recv(4096)
-                if not data:
-                    break
-                self._process_self_data(data)
-            except InterruptedError:
-                continue
-            except BlockingIOError:
-                break
-
     def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
         """Add a handler for a UNIX signal. Raise ValueError if the signal number is
         invalid or uncatchable, RuntimeError if there is a problem setting it up."""
+        # The self-pipe that signal.set_wakeup_fd() writes to is made on first use
+        # (the stdlib makes it in __init__; oxloop's own wake-ups use an eventfd).
         if self._ssock is None and not self.is_closed():
             self._make_self_pipe()
-        _unix_add_signal_handler(self, sig, callback, *args)
-
-    # The rest is the stdlib's own code, which keeps its messages and checks.
-    remove_signal_handler = unix_events._UnixSelectorEventLoop.remove_signal_handler
-    _handle_signal = unix_events._UnixSelectorEventLoop._handle_signal
-    _check_signal = unix_events._UnixSelectorEventLoop._check_signal
-    _process_self_data = unix_events._UnixSelectorEventLoop._process_self_data
-
-    # ----- later capabilities: explicit, never a silent wrong behaviour -------------
-
-    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('create_connection', _NEXT_ISSUE)
-
-    async def create_server(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('create_server', _NEXT_ISSUE)
-
-    async def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('create_unix_connection', _NEXT_ISSUE)
-
-    async def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('create_unix_server', _NEXT_ISSUE)
-
-    async def create_datagram_endpoint(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('create_datagram_endpoint', _NEXT_ISSUE)
-
-    async def connect_accepted_socket(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('connect_accepted_socket', _NEXT_ISSUE)
-
-    async def sendfile(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sendfile', _NEXT_ISSUE)
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('start_tls', 'TLS')
-
-    async def connect_read_pipe(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('connect_read_pipe', _NEXT_ISSUE)
-
-    async def connect_write_pipe(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('connect_write_pipe', _NEXT_ISSUE)
-
-    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('subprocess_exec', 'subprocesses')
-
-    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('subprocess_shell', 'subprocesses')
-
-    async def sock_recv(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_recv', _NEXT_ISSUE)
-
-    async def sock_recv_into(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_recv_into', _NEXT_ISSUE)
-
-    async def sock_recvfrom(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_recvfrom', _NEXT_ISSUE)
-
-    async def sock_recvfrom_into(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_recvfrom_into', _NEXT_ISSUE)
-
-    async def sock_sendall(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_sendall', _NEXT_ISSUE)
-
-    async def sock_sendto(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_sendto', _NEXT_ISSUE)
-
-    async def sock_connect(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_connect', _NEXT_ISSUE)
-
-    async def sock_accept(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_accept', _NEXT_ISSUE)
-
-    async def sock_sendfile(self, *args: Any, **kwargs: Any) -> Any:
-        _not_yet('sock_sendfile', _NEXT_ISSUE)
+        unix_events._UnixSelectorEventLoop.add_signal_handler(self, sig, callback, *args)
 
 
-_unix_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+class _SelectorView:
+    """A read-only ``selectors.BaseSelector`` stand-in for ``loop._selector``.
+
+    oxloop polls in Rust; asyncio's transports and tests only query the selector
+    (``get_key``/``get_map``), so they get the Rust registry's answers.
+    """
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            raise KeyError(f'{fileobj!r} is not registered')
+        events, reader, writer = loop._fd_key(fileobj)
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+
+    def get_map(self) -> dict[int, selectors.SelectorKey]:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return {}
+        return {fd: self.get_key(fd) for fd in loop._watched_fds()}
+
+    def close(self) -> None:
+        pass
+
 
 # Loops alive in this process; a forked child gives each its own epoll set and
 # eventfd (sharing the parent's would deliver the child's events to the parent).

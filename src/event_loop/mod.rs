@@ -432,16 +432,6 @@ impl LoopCore {
     // ----- fd callbacks (selector_events.py) ------------------------------------
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Read).map(drop)
-    }
-
-    #[pyo3(signature = (fd, callback, *args))]
     fn _add_reader<'py>(
         slf: &Bound<'py, Self>,
         fd: &Bound<'py, PyAny>,
@@ -451,22 +441,8 @@ impl LoopCore {
         Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
     }
 
-    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Read)
-    }
-
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Direction::Read)
-    }
-
-    #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Write).map(drop)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -477,10 +453,6 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
         Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
-    }
-
-    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Write)
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -564,6 +536,38 @@ impl LoopCore {
             .timers
             .for_each(|t| items.push(t.0.clone_ref(py)));
         PyList::new(py, items)
+    }
+
+    /// `(events, reader, writer)` of a watched fd, as a `selectors.SelectorKey`
+    /// holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2); `KeyError` when unwatched.
+    /// Backs the read-only `loop._selector` view.
+    fn _fd_key(
+        &self,
+        py: Python<'_>,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<(u8, Option<Py<Handle>>, Option<Py<Handle>>)> {
+        let fd = readers::fileobj_to_fd(fileobj)?;
+        let st = self.state.borrow_mut(py);
+        let watch = st.fds.get(fd).ok_or_else(|| {
+            pyo3::exceptions::PyKeyError::new_err(format!(
+                "{} is not registered",
+                fileobj.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let interest = watch.interest();
+        let events = u8::from(interest.read) | (u8::from(interest.write) << 1);
+        Ok((
+            events,
+            watch.reader.as_ref().map(|h| h.clone_ref(py)),
+            watch.writer.as_ref().map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// The fds being watched (for the selector view's `get_map()`).
+    fn _watched_fds(&self, py: Python<'_>) -> Vec<i32> {
+        let mut fds = Vec::new();
+        self.state.borrow_mut(py).fds.for_each(|fd, _| fds.push(fd));
+        fds
     }
 
     /// After `fork()`, in the child: a fresh epoll instance and eventfd, with every
