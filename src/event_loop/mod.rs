@@ -92,6 +92,9 @@ pub struct LoopCore {
     clock_resolution: f64,
 }
 
+/// `(events, reader, writer)` as a `selectors.SelectorKey` holds them.
+type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+
 /// Which callback of an fd.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -541,11 +544,7 @@ impl LoopCore {
     /// `(events, reader, writer)` of a watched fd, as a `selectors.SelectorKey`
     /// holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2); `KeyError` when unwatched.
     /// Backs the read-only `loop._selector` view.
-    fn _fd_key(
-        &self,
-        py: Python<'_>,
-        fileobj: &Bound<'_, PyAny>,
-    ) -> PyResult<(u8, Option<Py<Handle>>, Option<Py<Handle>>)> {
+    fn _fd_key(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<FdKey> {
         let fd = readers::fileobj_to_fd(fileobj)?;
         let st = self.state.borrow_mut(py);
         let watch = st.fds.get(fd).ok_or_else(|| {
