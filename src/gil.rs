@@ -52,6 +52,12 @@ impl<T> GilCell<Option<Py<T>>> {
         // SAFETY: GIL held; `clone_ref` is an incref and runs no Python code.
         unsafe { (*self.0.get()).as_ref().map(|o| o.clone_ref(py)) }
     }
+
+    /// True when the cell holds an object.
+    pub fn is_some(&self, _py: Python<'_>) -> bool {
+        // SAFETY: GIL held; a plain read.
+        unsafe { (*self.0.get()).is_some() }
+    }
 }
 
 /// A `RefCell` that may live in a `Sync` pyclass because the GIL guards it.

@@ -11,6 +11,7 @@ mod ffi;
 mod gil;
 mod handles;
 mod py;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -28,6 +29,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     fastcall::install(m.py())?;
     Ok(())
 }

@@ -46,6 +46,21 @@ import_cache! {
     asyncio_handle => "asyncio.events" . "Handle";
     /// `asyncio.events.TimerHandle`.
     asyncio_timer_handle => "asyncio.events" . "TimerHandle";
+    /// `asyncio.trsock.TransportSocket`.
+    transport_socket => "asyncio.trsock" . "TransportSocket";
+    /// `asyncio.base_events._set_nodelay`.
+    set_nodelay => "asyncio.base_events" . "_set_nodelay";
+    /// `asyncio.futures._set_result_unless_cancelled`.
+    set_result_unless_cancelled => "asyncio.futures" . "_set_result_unless_cancelled";
+    /// `asyncio.protocols.BufferedProtocol`.
+    buffered_protocol => "asyncio.protocols" . "BufferedProtocol";
+    /// `asyncio.selector_events._SelectorSocketTransport`: what native stream
+    /// transports report as `__class__`, so `isinstance(t, asyncio.Transport)` holds.
+    selector_socket_transport => "asyncio.selector_events" . "_SelectorSocketTransport";
+    /// `asyncio.constants._SendfileMode.TRY_NATIVE`.
+    sendfile_try_native => "asyncio.constants" . "_SendfileMode";
+    /// `warnings.warn`.
+    warn => "warnings" . "warn";
     /// `asyncio.tasks._set_task_name`.
     set_task_name => "asyncio.tasks" . "_set_task_name";
 }

@@ -110,6 +110,15 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
             )
             self._signal_handlers.clear()
 
+    # ----- transports -------------------------------------------------------------
+
+    def _make_socket_transport(
+        self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+    ) -> Any:
+        # The native stream transport (TCP and Unix); TLS keeps the stdlib's
+        # SSLProtocol on top of it or of the stdlib's transport.
+        return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server)
+
     # ----- signals (the rest is unix_events._UnixSelectorEventLoop's) ----------------
 
     def _close_self_pipe(self) -> None:

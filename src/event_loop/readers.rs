@@ -163,3 +163,35 @@ impl LoopCore {
         }
     }
 }
+
+/// Fd-number entry points for native transports (no Python int round trip).
+impl LoopCore {
+    pub(crate) fn watch_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        direction: Direction,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd = fd.into_pyobject(py)?.into_any();
+        Self::add_fd_callback(slf, &fd, callback, PyTuple::empty(py), direction).map(drop)
+    }
+
+    pub(crate) fn unwatch_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        direction: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let fd = fd.into_pyobject(py)?.into_any();
+        Self::remove_fd_callback(slf, &fd, direction)
+    }
+
+    pub(crate) fn is_watching(&self, py: Python<'_>, fd: RawFd, direction: Direction) -> bool {
+        let st = self.state.borrow_mut(py);
+        st.fds.get(fd).is_some_and(|w| match direction {
+            Direction::Read => w.reader.is_some(),
+            Direction::Write => w.writer.is_some(),
+        })
+    }
+}
