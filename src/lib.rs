@@ -30,6 +30,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<event_loop::sock::SockWaiter>()?;
     fastcall::install(m.py())?;
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 pub(crate) mod readers;
 mod run;
+pub(crate) mod sock;
 mod tasks;
 
 use std::collections::VecDeque;
@@ -409,6 +410,20 @@ impl LoopCore {
         if handle.get().is_scheduled() {
             self.timer_handle_cancelled();
         }
+    }
+
+    /// The waiting part of `sock_recv`/`sock_recv_into`/`sock_sendall`: registers
+    /// a native waiter on `fd` and returns the future it completes.
+    #[pyo3(signature = (sock, fd, kind, arg, sent=0))]
+    fn _sock_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        kind: &str,
+        arg: &Bound<'py, PyAny>,
+        sent: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::sock_wait(slf, sock, fd, kind, arg, sent)
     }
 
     // ----- running --------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! without Python frames:
 //!
 //! * reads `recv` straight into a fresh `bytes` (no intermediate copy) and call the
-//!   protocol's cached `data_received`;
+//!   protocol's `data_received` (looked up per call, as asyncio does);
 //! * `write` sends at once when nothing is buffered and buffers only the rest,
 //!   keeping references to the caller's `bytes` (no copy); the buffer is flushed
 //!   with `writev`.
@@ -42,9 +42,7 @@ const WRITEV_MAX: usize = 64;
 
 struct StreamState {
     protocol: Option<Py<PyAny>>,
-    /// `protocol.data_received`, looked up once per `set_protocol` (uvloop does
-    /// the same); `None` for a `BufferedProtocol`.
-    data_received: Option<Py<PyAny>>,
+    /// A `BufferedProtocol` (reads go through `get_buffer`/`buffer_updated`).
     buffered: bool,
     protocol_connected: bool,
     server: Option<Py<PyAny>>,
@@ -444,7 +442,6 @@ impl StreamTransport {
                 write_ready: GilCell::new(None),
                 state: GilRefCell::new(StreamState {
                     protocol: None,
-                    data_received: None,
                     buffered: false,
                     protocol_connected: false,
                     server: server.map(|s| s.clone().unbind()),
@@ -511,7 +508,7 @@ impl StreamTransport {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, data_received) = {
+        let (protocol, buffered) = {
             let st = this.state.borrow_mut(py);
             if st.conn_lost > 0 {
                 return Ok(());
@@ -519,15 +516,12 @@ impl StreamTransport {
             let Some(protocol) = st.protocol.as_ref() else {
                 return Ok(());
             };
-            (
-                protocol.clone_ref(py),
-                st.data_received.as_ref().map(|d| d.clone_ref(py)),
-            )
+            (protocol.clone_ref(py), st.buffered)
         };
         let protocol = protocol.into_bound(py);
-        let Some(data_received) = data_received else {
+        if buffered {
             return Self::read_into_buffer(slf, &protocol);
-        };
+        }
         let Some(lp) = this.event_loop(py) else {
             return Ok(());
         };
@@ -535,7 +529,10 @@ impl StreamTransport {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
             Ok(None) => Self::on_eof(slf, &protocol),
-            Ok(Some(data)) => match data_received.bind(py).call1((data,)) {
+            // CPython looks the method up on every call (no caching).
+            Ok(Some(data)) => match protocol
+                .call_method1(pyo3::intern!(py, "data_received"), (data,))
+            {
                 Ok(_) => Ok(()),
                 Err(e) if is_exit(py, &e) => Err(e),
                 Err(e) => {
@@ -759,19 +756,11 @@ impl StreamTransport {
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = protocol.is_instance(py::buffered_protocol(py)?)?;
-        let data_received = if buffered {
-            None
-        } else {
-            Some(protocol.getattr("data_received")?.unbind())
-        };
         let old = {
             let mut st = self.state.borrow_mut(py);
             st.buffered = buffered;
             st.protocol_connected = true;
-            (
-                std::mem::replace(&mut st.data_received, data_received),
-                st.protocol.replace(protocol.clone().unbind()),
-            )
+            st.protocol.replace(protocol.clone().unbind())
         };
         drop(old);
         Ok(())
@@ -905,10 +894,7 @@ impl StreamTransport {
             .map_or(Ok(()), |s| s.bind(py).call_method0("close").map(drop));
         let (server, old) = {
             let mut st = this.state.borrow_mut(py);
-            (
-                st.server.take(),
-                (st.protocol.take(), st.data_received.take()),
-            )
+            (st.server.take(), st.protocol.take())
         };
         drop((sock, old));
         drop(this.event_loop.replace(py, None));
@@ -1041,7 +1027,6 @@ impl StreamTransport {
         // SAFETY: called by the GC only.
         if let Some(st) = unsafe { self.state.try_get_for_gc() } {
             visit.call(&st.protocol)?;
-            visit.call(&st.data_received)?;
             visit.call(&st.server)?;
             visit.call(&st.empty_waiter)?;
             for chunk in &st.buffer {
@@ -1059,12 +1044,7 @@ impl StreamTransport {
         );
         let state = {
             let mut st = self.state.borrow_mut(py);
-            (
-                st.protocol.take(),
-                st.data_received.take(),
-                st.server.take(),
-                st.empty_waiter.take(),
-            )
+            (st.protocol.take(), st.server.take(), st.empty_waiter.take())
         };
         drop((old, state));
     }

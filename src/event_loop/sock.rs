@@ -1,0 +1,196 @@
+//! The waiting half of `sock_recv`, `sock_recv_into` and `sock_sendall`.
+//!
+//! Mirrors `selector_events.py`: the Python method tries the operation once; when
+//! it would block, a [`SockWaiter`] is registered as the fd's reader (or writer).
+//! It retries on readiness, completes the future, and unregisters itself when the
+//! future is done (result, exception or cancellation), exactly as
+//! `_sock_recv`/`_sock_read_done` do, without their Python frames.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::{Direction, LoopCore};
+use crate::gil::{GilCell, GilRefCell};
+use crate::handles::Handle;
+
+enum SockOp {
+    Recv(Py<PyAny>),
+    RecvInto(Py<PyAny>),
+    /// A memoryview of the data and how much of it was sent.
+    SendAll(Py<PyAny>, usize),
+}
+
+#[pyclass(frozen, module = "oxloop._oxloop", name = "SockWaiter")]
+pub struct SockWaiter {
+    event_loop: Py<LoopCore>,
+    future: Py<PyAny>,
+    sock: Py<PyAny>,
+    fd: RawFd,
+    direction: Direction,
+    op: GilRefCell<SockOp>,
+    handle: GilCell<Option<Py<Handle>>>,
+}
+
+impl SockWaiter {
+    /// Runs the operation once; `Ok(None)` means "would block, wait again".
+    fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let sock = self.sock.bind(py);
+        let (method, arg) = match &*self.op.borrow_mut(py) {
+            SockOp::Recv(n) => ("recv", n.clone_ref(py).into_bound(py)),
+            SockOp::RecvInto(buf) => ("recv_into", buf.clone_ref(py).into_bound(py)),
+            SockOp::SendAll(view, pos) => {
+                let rest = view.bind(py).get_item(pyo3::types::PySlice::new(
+                    py,
+                    isize::try_from(*pos).unwrap_or(isize::MAX),
+                    isize::MAX,
+                    1,
+                ))?;
+                ("send", rest)
+            }
+        };
+        match sock.call_method1(method, (arg,)) {
+            Ok(result) => Ok(Some(result)),
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[pymethods]
+impl SockWaiter {
+    /// The fd callback (CPython `_sock_recv` / `_sock_recv_into` / `_sock_sendall`).
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let future = self.future.bind(py);
+        if future.call_method0("done")?.is_truthy()? {
+            return Ok(());
+        }
+        match self.attempt(py) {
+            Ok(None) => Ok(()),
+            Err(e)
+                if e.is_instance_of::<PySystemExit>(py)
+                    || e.is_instance_of::<PyKeyboardInterrupt>(py) =>
+            {
+                Err(e)
+            }
+            Err(e) => future
+                .call_method1("set_exception", (e.into_value(py),))
+                .map(drop),
+            Ok(Some(result)) => {
+                let finished = {
+                    let mut op = self.op.borrow_mut(py);
+                    match &mut *op {
+                        SockOp::SendAll(view, pos) => {
+                            *pos += result.extract::<usize>()?;
+                            *pos >= view.bind(py).len()?
+                        }
+                        _ => true,
+                    }
+                };
+                if !finished {
+                    return Ok(());
+                }
+                let value = if matches!(&*self.op.borrow_mut(py), SockOp::SendAll(..)) {
+                    py.None().into_bound(py)
+                } else {
+                    result
+                };
+                future.call_method1("set_result", (value,)).map(drop)
+            }
+        }
+    }
+
+    /// The future's done callback (CPython `_sock_read_done`/`_sock_write_done`):
+    /// unregister, unless another operation replaced this one's handle.
+    fn _done(&self, py: Python<'_>, _future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let replaced = self
+            .handle
+            .clone_ref(py)
+            .is_some_and(|h| h.get().is_cancelled());
+        if !replaced {
+            LoopCore::unwatch_fd(self.event_loop.bind(py), self.fd, self.direction)?;
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.future)?;
+        visit.call(&self.sock)?;
+        // SAFETY: called by the GC only.
+        unsafe {
+            visit.call(self.handle.get_for_gc())?;
+        }
+        // SAFETY: called by the GC only.
+        if let Some(op) = unsafe { self.op.try_get_for_gc() } {
+            match op {
+                SockOp::Recv(o) | SockOp::RecvInto(o) | SockOp::SendAll(o, _) => visit.call(o)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        drop(self.handle.replace(py, None));
+    }
+}
+
+impl LoopCore {
+    /// Registers a waiter for `kind` (`"recv"`, `"recv_into"`, `"sendall"`) and
+    /// returns the future it completes.
+    pub(super) fn sock_wait<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        fd: RawFd,
+        kind: &str,
+        arg: &Bound<'py, PyAny>,
+        sent: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (op, direction) = match kind {
+            "recv" => (SockOp::Recv(arg.clone().unbind()), Direction::Read),
+            "recv_into" => (SockOp::RecvInto(arg.clone().unbind()), Direction::Read),
+            "sendall" => (
+                SockOp::SendAll(
+                    pyo3::types::PyMemoryView::from(arg)?.into_any().unbind(),
+                    sent,
+                ),
+                Direction::Write,
+            ),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown socket operation {kind:?}"
+                )))
+            }
+        };
+        let future = Self::new_future(slf)?;
+        let waiter = Bound::new(
+            py,
+            SockWaiter {
+                event_loop: slf.clone().unbind(),
+                future: future.clone().unbind(),
+                sock: sock.clone().unbind(),
+                fd,
+                direction,
+                op: GilRefCell::new(op),
+                handle: GilCell::new(None),
+            },
+        )?;
+        let fd_obj = fd.into_pyobject(py)?.into_any();
+        let handle =
+            Self::add_fd_callback(slf, &fd_obj, waiter.as_any(), PyTuple::empty(py), direction)?;
+        drop(waiter.get().handle.replace(py, Some(handle.unbind())));
+        future.call_method1("add_done_callback", (waiter.getattr("_done")?,))?;
+        Ok(future)
+    }
+}
