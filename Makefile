@@ -56,13 +56,20 @@ test-python: build-prod ## pytest: behaviour tests on oxloop and asyncio, then C
 .PHONY: test
 test: test-rust build-prod lint test-python ## everything CI runs
 
+.PHONY: tools
+tools: ## Debian tools the network benchmarks use (wrk), installed when missing
+	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null) || \
+		echo "wrk could not be installed: the HTTP benchmark will be skipped"; }
+
 .PHONY: bench
-bench: build-prod ## micro benchmarks side by side: oxloop vs uvloop vs asyncio, interleaved, with an A/A control
+bench: build-prod tools ## the side-by-side suites: micro (loop primitives) and net (servers under load)
 	$(PY) benches/micro.py
+	$(PY) benches/net.py
 
 .PHONY: demo
-demo: build-prod ## the main job: a short side-by-side demonstration
-	$(PY) benches/micro.py --quick
+demo: build-prod tools ## the main job: servers under load on oxloop, uvloop and the stdlib loop, side by side
+	$(PY) benches/net.py --quick
 
 .PHONY: clean
 clean: ## remove build artefacts
