@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import aa_name, pick_baseline
+
 clock = time.perf_counter  # what the benchmark bodies time with
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio')
@@ -96,14 +98,6 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
         finally:
             loop.close()
     return contestants, notes, info
-
-
-def pick_baseline(contestants: list[Contestant]) -> str | None:
-    names = [c.name for c in contestants]
-    for name in ('uvloop', 'asyncio', 'oxloop'):
-        if name in names:
-            return name
-    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -600,10 +594,6 @@ def summarise(result: BenchResult, names: list[str], baseline: str | None) -> di
             entry['best_ratio'] = max(ops) / max(result.ops(baseline))
         out['contestants'][name] = entry
     return out
-
-
-def aa_name(baseline: str | None) -> str | None:
-    return f'{baseline}#2' if baseline else None
 
 
 def print_table(summaries: list[dict[str, Any]], names: list[str], baseline: str | None) -> None:

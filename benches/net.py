@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import aa_name, pick_baseline
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES_DIR = ROOT / 'benches'
 SERVERS_DIR = BENCHES_DIR / 'servers'
@@ -192,18 +194,6 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
         contestants.append(Contestant('asyncio#2', *available['asyncio']))
         notes.append('A/A control: asyncio#2 vs asyncio instead')
     return contestants, notes, info
-
-
-def pick_baseline(contestants: list[Contestant]) -> str | None:
-    names = [c.name for c in contestants]
-    for name in ('uvloop', 'asyncio', 'oxloop'):
-        if name in names:
-            return name
-    return None
-
-
-def aa_name(baseline: str | None) -> str | None:
-    return f'{baseline}#2' if baseline else None
 
 
 # --------------------------------------------------------------------------------------
