@@ -56,3 +56,41 @@ pub fn thread_ident() -> u64 {
     // SAFETY: no preconditions.
     u64::from(unsafe { ffi::PyThread_get_thread_ident() })
 }
+
+extern "C" {
+    // Exported by every CPython 3.x; pyo3-ffi keeps its declaration private.
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+/// Reads at most `max` bytes from `fd` straight into a new `bytes` (allocate,
+/// receive, shrink), as `socket.recv` does. `Ok(None)` is end of file.
+pub fn recv_into_new_bytes(
+    py: Python<'_>,
+    fd: libc::c_int,
+    max: usize,
+) -> std::io::Result<Option<Bound<'_, PyAny>>> {
+    let size = ffi::Py_ssize_t::try_from(max).unwrap_or(ffi::Py_ssize_t::MAX);
+    // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
+    let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    if obj.is_null() {
+        // SAFETY: an exception (MemoryError) is set.
+        unsafe { ffi::PyErr_Clear() };
+        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+    }
+    // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
+    let n = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), max, 0) };
+    if n <= 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: we own the only reference.
+        unsafe { ffi::Py_DECREF(obj) };
+        return if n == 0 { Ok(None) } else { Err(err) };
+    }
+    // SAFETY: shrinking our own unshared bytes; on failure CPython frees it.
+    if unsafe { _PyBytes_Resize(&raw mut obj, n) } < 0 {
+        // SAFETY: an exception (MemoryError) is set.
+        unsafe { ffi::PyErr_Clear() };
+        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+    }
+    // SAFETY: `obj` is a valid new reference.
+    Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }))
+}

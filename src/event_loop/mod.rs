@@ -29,7 +29,7 @@ use oxloop_core::timers::{TimerEntry, TimerHeap};
 use oxloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -92,9 +92,6 @@ pub struct LoopCore {
     /// called while the state is borrowed (from a `__del__` run by a drop).
     timer_cancelled_count: AtomicUsize,
     clock_resolution: f64,
-    /// One read buffer for every native transport of the loop: a fresh 256 KiB
-    /// `bytes` per read (CPython's `sock.recv`) costs an mmap/mremap and page faults.
-    read_buffer: GilRefCell<Vec<u8>>,
 }
 
 /// `(events, reader, writer)` as a `selectors.SelectorKey` holds them.
@@ -114,28 +111,6 @@ impl LoopCore {
 
     pub fn timer_handle_cancelled(&self) {
         self.timer_cancelled_count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads at most `max` bytes from `fd` into the loop's shared buffer and returns
-    /// them as a new `bytes` (`Ok(None)` at end of file).
-    pub fn recv_bytes<'py>(
-        &self,
-        py: Python<'py>,
-        fd: RawFd,
-        max: usize,
-    ) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
-        let mut buf = self.read_buffer.borrow_mut(py);
-        if buf.len() < max {
-            buf.resize(max, 0);
-        }
-        // SAFETY: `buf` has at least `max` writable bytes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, 0) };
-        match usize::try_from(n) {
-            Err(_) => Err(std::io::Error::last_os_error()),
-            Ok(0) => Ok(None),
-            // Not GC-tracked: allocating bytes cannot run Python code.
-            Ok(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-        }
     }
 
     pub fn is_closed_flag(&self) -> bool {
@@ -276,7 +251,6 @@ impl LoopCore {
             thread_id: AtomicU64::new(0),
             timer_cancelled_count: AtomicUsize::new(0),
             clock_resolution: clock::resolution(),
-            read_buffer: GilRefCell::new(Vec::new()),
         })
     }
 
