@@ -197,6 +197,24 @@ impl LoopCore {
         self.state.borrow_mut(py).ready.push_back(handle);
     }
 
+    /// `call_soon` and `call_soon_threadsafe`: a checked handle, queued.
+    fn queue_new_handle<'py>(
+        slf: &Bound<'py, Self>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        context: Option<Bound<'py, PyAny>>,
+        method: &'static str,
+        thread_check: bool,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let handle = Bound::new(
+            py,
+            Self::new_handle(slf, callback, args, context, method, thread_check)?,
+        )?;
+        slf.get().push_ready(py, handle.clone().unbind());
+        Ok(handle)
+    }
+
     fn schedule_timer<'py>(
         slf: &Bound<'py, Self>,
         when: f64,
@@ -263,13 +281,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::new_handle(slf, callback, args, context, "call_soon", true)?,
-        )?;
-        slf.get().push_ready(py, handle.clone().unbind());
-        Ok(handle)
+        Self::queue_new_handle(slf, callback, args, context, "call_soon", true)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -279,14 +291,9 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let handle = Bound::new(
-            py,
-            Self::new_handle(slf, callback, args, context, "call_soon_threadsafe", false)?,
-        )?;
-        let this = slf.get();
-        this.push_ready(py, handle.clone().unbind());
-        this.waker.wake_if_sleeping();
+        let handle =
+            Self::queue_new_handle(slf, callback, args, context, "call_soon_threadsafe", false)?;
+        slf.get().waker.wake_if_sleeping();
         Ok(handle)
     }
 
