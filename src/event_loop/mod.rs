@@ -113,11 +113,7 @@ impl LoopCore {
         self.timer_cancelled_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn is_closed_flag(&self) -> bool {
-        self.closed()
-    }
-
-    fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
@@ -468,11 +464,21 @@ impl LoopCore {
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
+        Self::add_fd_callback(
+            slf,
+            readers::fileobj_to_fd(fd)?,
+            callback,
+            args,
+            Direction::Read,
+        )
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Read)
+        // CPython: a closed loop answers False before the file object is looked at.
+        if slf.get().closed() {
+            return Ok(false);
+        }
+        Self::remove_fd_callback(slf, readers::fileobj_to_fd(fd)?, Direction::Read)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -482,11 +488,21 @@ impl LoopCore {
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
+        Self::add_fd_callback(
+            slf,
+            readers::fileobj_to_fd(fd)?,
+            callback,
+            args,
+            Direction::Write,
+        )
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Write)
+        // CPython: a closed loop answers False before the file object is looked at.
+        if slf.get().closed() {
+            return Ok(false);
+        }
+        Self::remove_fd_callback(slf, readers::fileobj_to_fd(fd)?, Direction::Write)
     }
 
     // ----- state read by BaseEventLoop's own methods ------------------------------

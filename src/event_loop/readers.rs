@@ -85,16 +85,17 @@ impl LoopCore {
         old
     }
 
-    pub(super) fn add_fd_callback<'py>(
+    /// Watches `fd` (asyncio's `_add_reader`/`_add_writer` once the file object is
+    /// an fd number); native transports and waiters call this directly.
+    pub(crate) fn add_fd_callback<'py>(
         slf: &Bound<'py, Self>,
-        fileobj: &Bound<'py, PyAny>,
+        fd: RawFd,
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         direction: Direction,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
         let this = slf.get();
-        let fd = fileobj_to_fd(fileobj)?;
         this.check_closed()?;
         let handle = Bound::new(py, Self::handle_for(slf, callback, args, None)?)?;
         let new = Some(handle.clone().unbind());
@@ -139,9 +140,11 @@ impl LoopCore {
         Ok(handle)
     }
 
-    pub(super) fn remove_fd_callback(
+    /// Stops watching `fd` in one direction (asyncio's `_remove_reader`/
+    /// `_remove_writer`); `false` when nothing was watching or the loop is closed.
+    pub(crate) fn remove_fd_callback(
         slf: &Bound<'_, Self>,
-        fileobj: &Bound<'_, PyAny>,
+        fd: RawFd,
         direction: Direction,
     ) -> PyResult<bool> {
         let py = slf.py();
@@ -149,7 +152,6 @@ impl LoopCore {
         if this.closed() {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fileobj)?;
         let old = {
             let mut st = this.state.borrow_mut(py);
             this.unwatch(&mut st, fd, direction)
@@ -164,29 +166,7 @@ impl LoopCore {
     }
 }
 
-/// Fd-number entry points for native transports (no Python int round trip).
 impl LoopCore {
-    pub(crate) fn watch_fd(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        callback: &Bound<'_, PyAny>,
-        direction: Direction,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let fd = fd.into_pyobject(py)?.into_any();
-        Self::add_fd_callback(slf, &fd, callback, PyTuple::empty(py), direction).map(drop)
-    }
-
-    pub(crate) fn unwatch_fd(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        direction: Direction,
-    ) -> PyResult<bool> {
-        let py = slf.py();
-        let fd = fd.into_pyobject(py)?.into_any();
-        Self::remove_fd_callback(slf, &fd, direction)
-    }
-
     pub(crate) fn is_watching(&self, py: Python<'_>, fd: RawFd, direction: Direction) -> bool {
         let st = self.state.borrow_mut(py);
         st.fds.get(fd).is_some_and(|w| match direction {

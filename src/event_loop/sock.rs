@@ -118,7 +118,7 @@ impl SockWaiter {
             .clone_ref(py)
             .is_some_and(|h| h.get().is_cancelled());
         if !replaced {
-            LoopCore::unwatch_fd(self.event_loop.bind(py), self.fd, self.direction)?;
+            LoopCore::remove_fd_callback(self.event_loop.bind(py), self.fd, self.direction)?;
         }
         Ok(())
     }
@@ -186,9 +186,8 @@ impl LoopCore {
                 handle: GilCell::new(None),
             },
         )?;
-        let fd_obj = fd.into_pyobject(py)?.into_any();
         let handle =
-            Self::add_fd_callback(slf, &fd_obj, waiter.as_any(), PyTuple::empty(py), direction)?;
+            Self::add_fd_callback(slf, fd, waiter.as_any(), PyTuple::empty(py), direction)?;
         drop(waiter.get().handle.replace(py, Some(handle.unbind())));
         future.call_method1("add_done_callback", (waiter.getattr("_done")?,))?;
         Ok(future)

@@ -107,7 +107,7 @@ impl StreamTransport {
 
     fn unwatch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
         if let Some(lp) = self.event_loop(py) {
-            LoopCore::unwatch_fd(&lp, self.fd, direction)?;
+            LoopCore::remove_fd_callback(&lp, self.fd, direction)?;
         }
         Ok(())
     }
@@ -118,7 +118,13 @@ impl StreamTransport {
             Direction::Write => self.write_ready.clone_ref(py),
         };
         if let (Some(lp), Some(callback)) = (self.event_loop(py), callback) {
-            LoopCore::watch_fd(&lp, self.fd, callback.bind(py), direction)?;
+            LoopCore::add_fd_callback(
+                &lp,
+                self.fd,
+                callback.bind(py),
+                PyTuple::empty(py),
+                direction,
+            )?;
         }
         Ok(())
     }
@@ -993,7 +999,7 @@ impl StreamTransport {
             info.push("closing".to_owned());
         }
         info.push(format!("fd={}", self.fd));
-        if let Some(lp) = self.event_loop(py).filter(|l| !l.get().is_closed_flag()) {
+        if let Some(lp) = self.event_loop(py).filter(|l| !l.get().closed()) {
             let core = lp.get();
             let read = if core.is_watching(py, self.fd, Direction::Read) {
                 "polling"
