@@ -11,6 +11,7 @@ mod ffi;
 mod gil;
 mod handles;
 mod py;
+mod sockaddr;
 mod transports;
 
 use pyo3::prelude::*;
@@ -29,7 +30,9 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::base::Transport>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_class::<event_loop::sock::SockWaiter>()?;
     fastcall::install(m.py())?;
     Ok(())

@@ -59,6 +59,11 @@ import_cache! {
     selector_socket_transport => "asyncio.selector_events" . "_SelectorSocketTransport";
     /// `asyncio.constants._SendfileMode.TRY_NATIVE`.
     sendfile_try_native => "asyncio.constants" . "_SendfileMode";
+    /// `asyncio.selector_events._SelectorDatagramTransport` (native datagram
+    /// transports' `__class__`).
+    selector_datagram_transport => "asyncio.selector_events" . "_SelectorDatagramTransport";
+    /// `os.fsdecode`.
+    fsdecode => "os" . "fsdecode";
     /// `warnings.warn`.
     warn => "warnings" . "warn";
     /// `asyncio.tasks._set_task_name`.

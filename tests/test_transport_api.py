@@ -485,6 +485,25 @@ def test_transport_write_in_connection_made(loop, kind, path):
     run(loop, main())
 
 
+def test_transport_pause_reading_in_connection_made(loop, kind, path):
+    # Reading starts after connection_made(); pausing there must hold it off.
+    class Paused(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.pause_reading()
+
+    async def main():
+        async with pair(loop, kind, path, server=Paused) as (client, server):
+            assert not server.transport.is_reading()
+            client.transport.write(b'held')
+            await asyncio.sleep(0.1)
+            assert server.data == b''
+            server.transport.resume_reading()
+            assert await server.read(4) == b'held'
+
+    run(loop, main())
+
+
 def test_transport_close_in_connection_made(loop, kind, path):
     class Refuser(Recorder):
         def connection_made(self, transport):

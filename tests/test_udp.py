@@ -425,3 +425,144 @@ def test_udp_large_datagram(loop):
             await close_all(ctr, str_)
 
     run(loop, main())
+
+
+def test_udp_many_peers_get_their_own_addresses(loop):
+    # Each reply goes to the address its datagram came from, whichever peer sent last.
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(Echo, local_addr=('127.0.0.1', 0))
+        saddr = str_.get_extra_info('sockname')
+        clients = [await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0)) for _ in range(3)]
+        try:
+            for round_ in range(3):
+                for i, (ctr, _) in enumerate(clients):
+                    ctr.sendto(b'c%d r%d' % (i, round_), saddr)
+            for i, (_ctr, cproto) in enumerate(clients):
+                got = await cproto.wait_datagrams(3)
+                assert [d for d, _ in got] == [b'C%d R%d' % (i, r) for r in range(3)]
+                assert all(a == saddr for _, a in got)
+            senders = {a for _, a in sproto.datagrams}
+            assert senders == {ctr.get_extra_info('sockname') for ctr, _ in clients}
+        finally:
+            await close_all(str_, *(ctr for ctr, _ in clients))
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize('kind', [bytearray, memoryview])
+def test_udp_sendto_accepts_bytes_like(loop, kind):
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0))
+        ctr, _ = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0))
+        try:
+            ctr.sendto(kind(b'mutable'), str_.get_extra_info('sockname'))
+            ctr.sendto(kind(b''), str_.get_extra_info('sockname'))  # empty: nothing is sent
+            got = await sproto.wait_datagrams(1)
+            assert got[0][0] == b'mutable'
+            await asyncio.sleep(0.05)
+            assert len(sproto.datagrams) == 1
+        finally:
+            await close_all(ctr, str_)
+
+    run(loop, main())
+
+
+def test_udp_sendto_resolves_host_names(loop):
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0))
+        ctr, _ = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0))
+        try:
+            ctr.sendto(b'by name', ('localhost', str_.get_extra_info('sockname')[1]))
+            got = await sproto.wait_datagrams(1)
+            assert got == [(b'by name', ctr.get_extra_info('sockname'))]
+        finally:
+            await close_all(ctr, str_)
+
+    run(loop, main())
+
+
+def test_udp_sendto_bad_address_is_a_fatal_error(loop):
+    async def main():
+        errors = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        ctr, cproto = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=('127.0.0.1', 0))
+        ctr.sendto(b'x', 'not an address')
+        exc = await asyncio.wait_for(cproto.lost, 5)
+        assert isinstance(exc, TypeError)
+        assert ctr.is_closing()
+        assert [ctx['message'] for ctx in errors] == ['Fatal write error on datagram transport']
+        assert errors[0]['exception'] is exc
+        assert errors[0]['transport'] is ctr
+
+    run(loop, main())
+
+
+def test_udp_unbound_unix_sender_address(loop, sock_dir):
+    spath = os.path.join(sock_dir, 'server')
+
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=spath, family=socket.AF_UNIX)
+        anon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            anon.sendto(b'anonymous', spath)
+            got = await sproto.wait_datagrams(1)
+            # What socket.recvfrom reports for an unbound sender.
+            assert got == [(b'anonymous', '')] or got == [(b'anonymous', None)]
+        finally:
+            anon.close()
+            await close_all(str_)
+
+    run(loop, main())
+
+
+def test_udp_pause_reading_in_connection_made(loop):
+    # Reading starts after connection_made(); pausing there must hold it off.
+    class Paused(DatagramRecorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.pause_reading()
+
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(Paused, local_addr=('127.0.0.1', 0))
+        ctr, _ = await loop.create_datagram_endpoint(DatagramRecorder, remote_addr=str_.get_extra_info('sockname'))
+        try:
+            assert not str_.is_reading()
+            ctr.sendto(b'held')
+            await asyncio.sleep(0.1)
+            assert sproto.datagrams == []
+            str_.resume_reading()
+            assert await sproto.wait_datagrams(1) == [(b'held', ctr.get_extra_info('sockname'))]
+        finally:
+            await close_all(ctr, str_)
+
+    run(loop, main())
+
+
+def test_udp_callbacks_scheduled_by_datagram_received_run_before_the_next(loop):
+    # asyncio delivers one datagram per iteration, so a callback scheduled in
+    # datagram_received runs before the next datagram arrives to the protocol.
+    order = []
+
+    class Scheduler(DatagramRecorder):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            order.append(data)
+            loop.call_soon(order.append, b'cb-' + data)
+
+    async def main():
+        str_, sproto = await loop.create_datagram_endpoint(Scheduler, local_addr=('127.0.0.1', 0))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            str_.pause_reading()
+            for i in range(4):
+                raw.sendto(b'%d' % i, str_.get_extra_info('sockname'))
+            await asyncio.sleep(0.05)  # all four are queued on the socket
+            str_.resume_reading()
+            await sproto.wait_datagrams(4)
+            await asyncio.sleep(0)
+            assert order == [x for i in range(4) for x in (b'%d' % i, b'cb-%d' % i)]
+        finally:
+            raw.close()
+            await close_all(str_)
+
+    run(loop, main())

@@ -119,6 +119,11 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         # SSLProtocol on top of it or of the stdlib's transport.
         return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server)
 
+    def _make_datagram_transport(
+        self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
+    ) -> Any:
+        return _oxloop.DatagramTransport._create(self, sock, protocol, address, waiter, extra)
+
     # ----- sock_* (selector_events.py; the wait is native) ----------------------------
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:

@@ -117,6 +117,17 @@ impl LoopCore {
         self.closed.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The callbacks waiting in the ready queue. A transport that reads several
+    /// datagrams in one event stops when a callback it ran scheduled another one,
+    /// which asyncio would run before the next datagram.
+    pub(crate) fn ready_len(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).ready.len()
+    }
+
     fn check_closed(&self) -> PyResult<()> {
         if self.closed() {
             return Err(PyRuntimeError::new_err("Event loop is closed"));

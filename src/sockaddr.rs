@@ -1,0 +1,148 @@
+//! Socket addresses between the kernel's `sockaddr` and the Python objects the
+//! `socket` module uses (CPython `socketmodule.c`: `makesockaddr`,
+//! `getsockaddrarg`), for the families oxloop handles natively.
+
+use std::net::Ipv4Addr;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
+
+/// A `sockaddr_storage` and its used length.
+#[derive(Clone, Copy)]
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+const STORAGE_LEN: libc::socklen_t = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
+impl SockAddr {
+    /// A zeroed address with room for any family (for `recvfrom`).
+    pub fn empty() -> Self {
+        Self {
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            storage: unsafe { std::mem::zeroed() },
+            len: STORAGE_LEN,
+        }
+    }
+
+    pub fn as_mut_parts(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
+        ((&raw mut self.storage).cast(), &raw mut self.len)
+    }
+
+    pub fn as_parts(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        ((&raw const self.storage).cast(), self.len)
+    }
+
+    /// The used bytes, for comparing two addresses.
+    fn bytes(&self) -> &[u8] {
+        let len = (self.len as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: `storage` is plain data of at least `len` bytes.
+        unsafe { std::slice::from_raw_parts((&raw const self.storage).cast::<u8>(), len) }
+    }
+
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+
+    /// An IPv4 `(host, port)` tuple with a numeric host, exactly as
+    /// `socket.sendto` would parse it; `None` for anything else (names, other
+    /// types), which the caller leaves to the `socket` module.
+    pub fn from_ipv4_tuple(addr: &Bound<'_, PyAny>) -> Option<Self> {
+        let tuple = addr.cast_exact::<PyTuple>().ok()?;
+        if tuple.len() != 2 {
+            return None;
+        }
+        let host = tuple.get_item(0).ok()?;
+        let port = tuple.get_item(1).ok()?;
+        let host: Ipv4Addr = host
+            .cast_exact::<PyString>()
+            .ok()?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let port: u16 = port.cast_exact::<PyInt>().ok()?.extract().ok()?;
+        let mut out = Self::empty();
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(host).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+        unsafe { std::ptr::write((&raw mut out.storage).cast::<libc::sockaddr_in>(), sin) };
+        out.len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        Some(out)
+    }
+
+    /// CPython `makesockaddr` for AF_INET, AF_INET6 and AF_UNIX.
+    pub fn python_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.len == 0 {
+            return Ok(py.None().into_bound(py));
+        }
+        match i32::from(self.storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says this is a sockaddr_in.
+                let sin = unsafe { &*(&raw const self.storage).cast::<libc::sockaddr_in>() };
+                let host = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
+                Ok((host, u16::from_be(sin.sin_port))
+                    .into_pyobject(py)?
+                    .into_any())
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says this is a sockaddr_in6.
+                let sin6 = unsafe { &*(&raw const self.storage).cast::<libc::sockaddr_in6>() };
+                Ok((
+                    self.numeric_host()?,
+                    u16::from_be(sin6.sin6_port),
+                    u32::from_be(sin6.sin6_flowinfo),
+                    sin6.sin6_scope_id,
+                )
+                    .into_pyobject(py)?
+                    .into_any())
+            }
+            libc::AF_UNIX => {
+                let path = self.bytes();
+                let path = &path[size_of::<libc::sa_family_t>().min(path.len())..];
+                if path.first() == Some(&0) {
+                    // Linux abstract namespace.
+                    return Ok(PyBytes::new(py, path).into_any());
+                }
+                let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                crate::py::fsdecode(py)?.call1((PyBytes::new(py, &path[..end]),))
+            }
+            family => Err(PyOSError::new_err(format!(
+                "oxloop: unsupported address family {family}"
+            ))),
+        }
+    }
+
+    /// `getnameinfo(NI_NUMERICHOST)`, as CPython's `makeipaddr` (it appends the
+    /// scope of a link-local IPv6 address).
+    fn numeric_host(&self) -> PyResult<String> {
+        let mut host = [0 as libc::c_char; libc::NI_MAXHOST as usize];
+        let (addr, len) = self.as_parts();
+        // SAFETY: valid address of `len` bytes; `host` is a writable buffer of its size.
+        let rc = unsafe {
+            libc::getnameinfo(
+                addr,
+                len,
+                host.as_mut_ptr(),
+                libc::NI_MAXHOST,
+                std::ptr::null_mut(),
+                0,
+                libc::NI_NUMERICHOST,
+            )
+        };
+        if rc != 0 {
+            return Err(PyOSError::new_err(format!("getnameinfo failed ({rc})")));
+        }
+        // SAFETY: getnameinfo wrote a NUL-terminated string into `host`.
+        let host = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+        Ok(host.to_string_lossy().into_owned())
+    }
+}

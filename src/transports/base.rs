@@ -1,0 +1,791 @@
+//! What every selector transport shares: `_SelectorTransport` and
+//! `_FlowControlMixin` of CPython 3.11 (`selector_events.py`, `transports.py`).
+//!
+//! [`Transport`] is a subclassable pyclass holding all the state; the stream and
+//! datagram transports are subclasses that add their hot paths (`write`/`sendto`,
+//! `_read_ready`, the writer callback). Close, abort, fatal errors,
+//! `connection_lost`, reading pause/resume, flow control, `get_extra_info` and the
+//! unclosed-transport warning are written once, here, as asyncio writes them once.
+//!
+//! States: `closing` is set by `close()`/`abort()`/a fatal error and stops reading;
+//! `conn_lost` counts the scheduling of `connection_lost` (and later writes, for
+//! asyncio's "socket.send() raised exception." warning). `connection_lost` runs
+//! exactly once, after the buffer is flushed (`close`) or dropped (`abort`, error).
+//!
+//! Invariant: `state` is never borrowed across a call into Python.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::event_loop::{Direction, LoopCore};
+use crate::gil::{GilCell, GilRefCell};
+use crate::py;
+
+/// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// Which asyncio class a transport stands for (its repr and warnings name it).
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Socket,
+    Datagram,
+}
+
+impl Kind {
+    fn class_name(self) -> &'static str {
+        match self {
+            Self::Socket => "_SelectorSocketTransport",
+            Self::Datagram => "_SelectorDatagramTransport",
+        }
+    }
+}
+
+/// One unsent write: the data (immutable) and, for datagrams, its address.
+pub(super) struct Chunk {
+    pub data: Py<PyBytes>,
+    pub addr: Option<Py<PyAny>>,
+}
+
+pub(super) struct TransportState {
+    pub protocol: Option<Py<PyAny>>,
+    /// A `BufferedProtocol` (stream reads go through `get_buffer`/`buffer_updated`).
+    pub buffered: bool,
+    pub protocol_connected: bool,
+    pub server: Option<Py<PyAny>>,
+    pub closing: bool,
+    pub conn_lost: u32,
+    /// Reading paused by `pause_reading()`.
+    pub paused: bool,
+    /// `pause_writing()` was called on the protocol.
+    pub protocol_paused: bool,
+    pub high_water: usize,
+    pub low_water: usize,
+    /// Unsent data; a stream's first chunk is partly sent up to `head_sent`.
+    pub buffer: VecDeque<Chunk>,
+    pub head_sent: usize,
+    pub buffer_size: usize,
+    /// Stream: `write_eof()` was called.
+    pub eof: bool,
+    /// Stream: the future `sendfile` waits on for the buffer to drain.
+    pub empty_waiter: Option<Py<PyAny>>,
+    /// Datagram: the connected remote address (`remote_addr=`).
+    pub address: Option<Py<PyAny>>,
+}
+
+#[pyclass(
+    subclass,
+    frozen,
+    weakref,
+    module = "oxloop._oxloop",
+    name = "SelectorTransport"
+)]
+pub struct Transport {
+    pub(super) event_loop: GilCell<Option<Py<LoopCore>>>,
+    pub(super) sock: GilCell<Option<Py<PyAny>>>,
+    pub(super) fd: RawFd,
+    extra: Py<PyDict>,
+    kind: Kind,
+    /// The bound methods registered as reader/writer callbacks (made once).
+    read_ready: GilCell<Option<Py<PyAny>>>,
+    write_ready: GilCell<Option<Py<PyAny>>>,
+    pub(super) state: GilRefCell<TransportState>,
+}
+
+pub(super) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+pub(super) fn is_retry(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR))
+}
+
+/// `sock.getsockname()`/`getpeername()`, or `None` when it raises `OSError`.
+fn sock_name<'py>(sock: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    sock.call_method0(method).or_else(|e| {
+        if e.is_instance_of::<PyOSError>(py) {
+            Ok(py.None().into_bound(py))
+        } else {
+            Err(e)
+        }
+    })
+}
+
+impl Transport {
+    /// CPython: the first half of `_SelectorTransport.__init__` (the `extra` dict
+    /// and the socket); [`Transport::attach`] does the rest once the object exists.
+    pub(super) fn new(
+        kind: Kind,
+        sock: &Bound<'_, PyAny>,
+        extra: Option<Bound<'_, PyDict>>,
+        server: Option<&Bound<'_, PyAny>>,
+        address: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = sock.py();
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let extra = extra.unwrap_or_else(|| PyDict::new(py));
+        extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
+        extra.set_item("sockname", sock_name(sock, "getsockname")?)?;
+        if !extra.contains("peername")? {
+            extra.set_item("peername", sock_name(sock, "getpeername")?)?;
+        }
+        Ok(Self {
+            event_loop: GilCell::new(None),
+            sock: GilCell::new(Some(sock.clone().unbind())),
+            fd,
+            extra: extra.unbind(),
+            kind,
+            read_ready: GilCell::new(None),
+            write_ready: GilCell::new(None),
+            state: GilRefCell::new(TransportState {
+                protocol: None,
+                buffered: false,
+                protocol_connected: false,
+                server: server.map(|s| s.clone().unbind()),
+                closing: false,
+                conn_lost: 0,
+                paused: false,
+                protocol_paused: false,
+                high_water: 64 * 1024,
+                low_water: 16 * 1024,
+                buffer: VecDeque::new(),
+                head_sent: 0,
+                buffer_size: 0,
+                eof: false,
+                empty_waiter: None,
+                address: address.map(|a| a.clone().unbind()),
+            }),
+        })
+    }
+
+    /// CPython: the rest of `_SelectorTransport.__init__`: set the protocol,
+    /// attach to the server, register in `loop._transports`. `read_ready` and
+    /// `write_ready` name the subclass's reader and writer callbacks.
+    pub(super) fn attach(
+        slf: &Bound<'_, Self>,
+        event_loop: &Bound<'_, LoopCore>,
+        protocol: &Bound<'_, PyAny>,
+        read_ready: &str,
+        write_ready: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        drop(
+            this.event_loop
+                .replace(py, Some(event_loop.clone().unbind())),
+        );
+        drop(
+            this.read_ready
+                .replace(py, Some(slf.getattr(read_ready)?.unbind())),
+        );
+        drop(
+            this.write_ready
+                .replace(py, Some(slf.getattr(write_ready)?.unbind())),
+        );
+        slf.call_method1("set_protocol", (protocol,))?;
+        let server = this
+            .state
+            .borrow_mut(py)
+            .server
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        if let Some(server) = server {
+            server.bind(py).call_method0("_attach")?;
+        }
+        event_loop.getattr("_transports")?.set_item(this.fd, slf)?;
+        Ok(())
+    }
+
+    /// CPython (both subclasses' `__init__`): `connection_made` first, then start
+    /// reading, then wake the waiter.
+    pub(super) fn schedule_connection_made(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(lp) = this.event_loop(py) else {
+            return Ok(());
+        };
+        LoopCore::call_soon(
+            &lp,
+            &protocol.getattr("connection_made")?,
+            PyTuple::new(py, [slf])?,
+            None,
+        )?;
+        let read_ready = this.read_ready.clone_ref(py);
+        LoopCore::call_soon(
+            &lp,
+            &slf.getattr("_add_reader")?,
+            PyTuple::new(
+                py,
+                [
+                    this.fd.into_pyobject(py)?.into_any().unbind(),
+                    read_ready.unwrap_or_else(|| py.None()),
+                ],
+            )?,
+            None,
+        )?;
+        if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
+            LoopCore::call_soon(
+                &lp,
+                py::set_result_unless_cancelled(py)?,
+                PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.event_loop.clone_ref(py).map(|l| l.into_bound(py))
+    }
+
+    pub(super) fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop(py).is_some_and(|l| l.get().debug())
+    }
+
+    pub(super) fn extra_item<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.extra.bind(py).get_item(name)
+    }
+
+    pub(super) fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    pub(super) fn unwatch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
+        if let Some(lp) = self.event_loop(py) {
+            LoopCore::remove_fd_callback(&lp, self.fd, direction)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn watch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
+        let callback = match direction {
+            Direction::Read => self.read_ready.clone_ref(py),
+            Direction::Write => self.write_ready.clone_ref(py),
+        };
+        if let (Some(lp), Some(callback)) = (self.event_loop(py), callback) {
+            LoopCore::add_fd_callback(
+                &lp,
+                self.fd,
+                callback.bind(py),
+                PyTuple::empty(py),
+                direction,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn logger_debug<'py>(
+        py: Python<'py>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
+        py::asyncio_logger(py)?
+            .call_method1("debug", args)
+            .map(drop)
+    }
+
+    /// asyncio's warning for writes after the connection was lost.
+    pub(super) fn count_write_after_lost(&self, py: Python<'_>) -> PyResult<()> {
+        let warn = {
+            let mut st = self.state.borrow_mut(py);
+            let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            st.conn_lost += 1;
+            warn
+        };
+        if warn {
+            py::asyncio_logger(py)?
+                .call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(())
+    }
+
+    /// CPython: `_SelectorTransport._fatal_error`.
+    pub(super) fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if exc.is_instance_of::<PyOSError>(py) {
+            if this.debug(py) {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("exc_info", exc.clone_ref(py).into_value(py))?;
+                py::asyncio_logger(py)?.call_method(
+                    "debug",
+                    ("%r: %s", slf, message),
+                    Some(&kwargs),
+                )?;
+            }
+        } else if let Some(lp) = this.event_loop(py) {
+            let context = PyDict::new(py);
+            context.set_item("message", message)?;
+            context.set_item("exception", exc.clone_ref(py).into_value(py))?;
+            context.set_item("transport", slf)?;
+            context.set_item("protocol", this.protocol(py))?;
+            lp.call_method1("call_exception_handler", (context,))?;
+        }
+        Self::force_close(slf, Some(exc.into_value(py).into_any()))
+    }
+
+    /// CPython: `_SelectorTransport._force_close`.
+    pub(super) fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing, dropped) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let dropped = std::mem::take(&mut st.buffer);
+            st.head_sent = 0;
+            st.buffer_size = 0;
+            let was_closing = st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (!dropped.is_empty(), was_closing, dropped)
+        };
+        drop(dropped);
+        if had_buffer {
+            this.unwatch(py, Direction::Write)?;
+        }
+        if !was_closing {
+            this.unwatch(py, Direction::Read)?;
+        }
+        this.schedule_connection_lost(slf, exc.unwrap_or_else(|| py.None()))
+    }
+
+    fn schedule_connection_lost(&self, slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(lp) = self.event_loop(py) {
+            let callback = slf.getattr("_call_connection_lost")?;
+            LoopCore::call_soon(&lp, &callback, PyTuple::new(py, [exc])?, None)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the buffered data (after a write error), returning it to be released
+    /// outside the borrow.
+    pub(super) fn take_buffer(&self, py: Python<'_>) -> VecDeque<Chunk> {
+        let mut st = self.state.borrow_mut(py);
+        st.buffer_size = 0;
+        st.head_sent = 0;
+        std::mem::take(&mut st.buffer)
+    }
+
+    /// CPython: `_FlowControlMixin._maybe_pause_protocol`.
+    pub(super) fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.buffer_size <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        Self::notify_flow(
+            slf,
+            protocol,
+            "pause_writing",
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    /// CPython: `_FlowControlMixin._maybe_resume_protocol`.
+    pub(super) fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if !(st.protocol_paused && st.buffer_size <= st.low_water) {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        Self::notify_flow(
+            slf,
+            protocol,
+            "resume_writing",
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    fn notify_flow(
+        slf: &Bound<'_, Self>,
+        protocol: Option<Py<PyAny>>,
+        method: &str,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        match protocol.bind(py).call_method0(method) {
+            Ok(_) => Ok(()),
+            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) => {
+                let Some(lp) = slf.get().event_loop(py) else {
+                    return Ok(());
+                };
+                let context = PyDict::new(py);
+                context.set_item("message", message)?;
+                context.set_item("exception", e.into_value(py))?;
+                context.set_item("transport", slf)?;
+                context.set_item("protocol", protocol)?;
+                lp.call_method1("call_exception_handler", (context,))
+                    .map(drop)
+            }
+        }
+    }
+
+    fn repr(&self, py: Python<'_>) -> String {
+        let mut info = vec![self.kind.class_name().to_owned()];
+        if !self.sock.is_some(py) {
+            info.push("closed".to_owned());
+        } else if self.is_closing(py) {
+            info.push("closing".to_owned());
+        }
+        info.push(format!("fd={}", self.fd));
+        if let Some(lp) = self.event_loop(py).filter(|l| !l.get().closed()) {
+            let core = lp.get();
+            let polling = |direction| {
+                if core.is_watching(py, self.fd, direction) {
+                    "polling"
+                } else {
+                    "idle"
+                }
+            };
+            info.push(format!("read={}", polling(Direction::Read)));
+            info.push(format!(
+                "write=<{}, bufsize={}>",
+                polling(Direction::Write),
+                self.get_write_buffer_size(py)
+            ));
+        }
+        format!("<{}>", info.join(" "))
+    }
+}
+
+#[pymethods]
+impl Transport {
+    pub(super) fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        this.unwatch(py, Direction::Read)?;
+        if empty {
+            this.unwatch(py, Direction::Write)?;
+            this.schedule_connection_lost(slf, py.None())?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    pub(super) fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).closing
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(value) => Ok(value),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = protocol.is_instance(py::buffered_protocol(py)?)?;
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            st.protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow_mut(py);
+        !st.paused && !st.closing
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.paused || st.closing {
+                return Ok(());
+            }
+            st.paused = true;
+        }
+        this.unwatch(py, Direction::Read)?;
+        if this.debug(py) {
+            Self::logger_debug(py, ("%r pauses reading", slf))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        this.watch(py, Direction::Read)?;
+        if this.debug(py) {
+            Self::logger_debug(py, ("%r resumes reading", slf))?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let (high, low) = match (high, low) {
+            (None, None) => (64 * 1024, 16 * 1024),
+            (None, Some(low)) => (4 * low, low),
+            (Some(high), None) => (high, high / 4),
+            (Some(high), Some(low)) => (high, low),
+        };
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            st.high_water = usize::try_from(high).unwrap_or(usize::MAX);
+            st.low_water = usize::try_from(low).unwrap_or(0);
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow_mut(py);
+        (st.low_water, st.high_water)
+    }
+
+    pub(super) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).buffer_size
+    }
+
+    /// CPython: `_SelectorTransport._add_reader` (skipped unless reading).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        if !self.is_reading(py) {
+            return Ok(());
+        }
+        if let Some(lp) = self.event_loop(py) {
+            let all = PyTuple::new(py, [fd.clone(), callback.clone()])?
+                .add(args)?
+                .cast_into::<PyTuple>()?;
+            lp.call_method1("_add_reader", all)?;
+        }
+        Ok(())
+    }
+
+    /// CPython: `_SelectorTransport._call_connection_lost`.
+    #[pyo3(signature = (exc))]
+    pub(super) fn _call_connection_lost(
+        slf: &Bound<'_, Self>,
+        exc: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected) = {
+            let st = this.state.borrow_mut(py);
+            (
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.protocol_connected,
+            )
+        };
+        let result = match (connected, protocol) {
+            (true, Some(protocol)) => protocol
+                .bind(py)
+                .call_method1("connection_lost", (exc.unwrap_or_else(|| py.None()),))
+                .map(drop),
+            _ => Ok(()),
+        };
+        // finally: release everything, whatever connection_lost did.
+        let sock = this.sock.replace(py, None);
+        let closed = sock
+            .as_ref()
+            .map_or(Ok(()), |s| s.bind(py).call_method0("close").map(drop));
+        let (server, old) = {
+            let mut st = this.state.borrow_mut(py);
+            (st.server.take(), st.protocol.take())
+        };
+        drop((sock, old));
+        drop(this.event_loop.replace(py, None));
+        drop(this.read_ready.replace(py, None));
+        drop(this.write_ready.replace(py, None));
+        let detached = server.map_or(Ok(()), |s| s.bind(py).call_method0("_detach").map(drop));
+        result.and(closed).and(detached)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).protocol_paused
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.sock.clone_ref(py)
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.event_loop.clone_ref(py).map(Py::into_any)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.is_closing(py)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.borrow_mut(py).conn_lost
+    }
+
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.extra.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.repr(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: called by the GC only.
+        unsafe {
+            visit.call(self.event_loop.get_for_gc())?;
+            visit.call(self.sock.get_for_gc())?;
+            visit.call(self.read_ready.get_for_gc())?;
+            visit.call(self.write_ready.get_for_gc())?;
+        }
+        visit.call(&self.extra)?;
+        // SAFETY: called by the GC only.
+        if let Some(st) = unsafe { self.state.try_get_for_gc() } {
+            visit.call(&st.protocol)?;
+            visit.call(&st.server)?;
+            visit.call(&st.empty_waiter)?;
+            visit.call(&st.address)?;
+            for chunk in &st.buffer {
+                visit.call(&chunk.data)?;
+                visit.call(&chunk.addr)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self, py: Python<'_>) {
+        let old = (
+            self.read_ready.replace(py, None),
+            self.write_ready.replace(py, None),
+            self.event_loop.replace(py, None),
+        );
+        let state = {
+            let mut st = self.state.borrow_mut(py);
+            (
+                st.protocol.take(),
+                st.server.take(),
+                st.empty_waiter.take(),
+                st.address.take(),
+            )
+        };
+        drop((old, state));
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // CPython: _SelectorTransport.__del__ warns about an unclosed transport and
+        // closes its socket. Dealloc runs with the GIL held.
+        Python::attach(|py| {
+            let Some(sock) = self.sock.replace(py, None) else {
+                return;
+            };
+            let message = format!(
+                "unclosed transport <{} fd={}>",
+                self.kind.class_name(),
+                self.fd
+            );
+            let warned = py::warn(py).and_then(|warn| {
+                warn.call1((
+                    message,
+                    py.get_type::<pyo3::exceptions::PyResourceWarning>(),
+                ))
+                .map(drop)
+            });
+            if let Err(err) = warned {
+                err.write_unraisable(py, None);
+            }
+            if let Err(err) = sock.bind(py).call_method0("close") {
+                err.write_unraisable(py, None);
+            }
+        });
+    }
+}

@@ -1,0 +1,474 @@
+//! The native datagram transport (UDP and Unix datagram sockets).
+//!
+//! Mirrors `Lib/asyncio/selector_events.py::_SelectorDatagramTransport` (CPython
+//! 3.11): `error_received` for `OSError`s (ICMP errors included), the same
+//! buffering and flow control, and datagrams delivered in asyncio's order (see
+//! `_read_ready` for when one event delivers several). The hot path has
+//! no Python frame: `recvfrom` into a per-thread scratch buffer, a `bytes` of the
+//! datagram, and the peer's address tuple, which is reused while the peer stays
+//! the same; `sendto` to that same tuple (an echo) sends to the cached `sockaddr`
+//! without parsing it again. Addresses the fast path does not parse (host names,
+//! IPv6 and Unix targets) go through the socket's own `sendto`, so every error and
+//! resolution rule stays the `socket` module's.
+
+use std::cell::RefCell;
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+
+use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
+use crate::errors::os_error;
+use crate::event_loop::{Direction, LoopCore};
+use crate::py;
+use crate::sockaddr::SockAddr;
+
+/// CPython: `_SelectorTransport.max_size`, the most one `recvfrom` returns.
+const MAX_SIZE: usize = 256 * 1024;
+/// The most datagrams one readiness event delivers (libuv reads 32).
+const DATAGRAMS_PER_EVENT: usize = 32;
+
+thread_local! {
+    /// Where datagrams land before they are copied into their `bytes` (a datagram
+    /// is small; a fresh `MAX_SIZE` bytes per read would cost an mmap).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The last peer seen or sent to: its `sockaddr` and the Python tuple for it.
+struct Peer {
+    addr: Py<PyAny>,
+    raw: SockAddr,
+}
+
+#[pyclass(extends = Transport, frozen, module = "oxloop._oxloop", name = "DatagramTransport")]
+pub struct DatagramTransport {
+    /// AF_INET, AF_INET6 and AF_UNIX are read natively; others through `sock`.
+    native: bool,
+    /// `extra['peername']` was set: `send`, not `sendto` (as asyncio checks).
+    connected: bool,
+    /// Holds only tuples this module built or exact `(str, int)` tuples, which
+    /// cannot reference the transport (so the GC need not see it).
+    peer: crate::gil::GilRefCell<Option<Peer>>,
+}
+
+/// What one send attempt did.
+enum Sent {
+    Done,
+    Retry,
+    /// An `OSError`: reported to `protocol.error_received`.
+    Failed(PyErr),
+    /// Anything else: a fatal error of the transport.
+    Fatal(PyErr),
+}
+
+impl DatagramTransport {
+    /// `recvfrom` one datagram into a new `bytes` and its address object.
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        fd: libc::c_int,
+    ) -> std::io::Result<(Bound<'py, PyAny>, SockAddr)> {
+        let mut from = SockAddr::empty();
+        let (addr_ptr, len_ptr) = from.as_mut_parts();
+        SCRATCH.with_borrow_mut(|buf| {
+            if buf.len() < MAX_SIZE {
+                buf.resize(MAX_SIZE, 0);
+            }
+            // SAFETY: `buf` is writable for MAX_SIZE bytes; `from` has room for any
+            // address and its length is in/out.
+            let n = unsafe {
+                libc::recvfrom(fd, buf.as_mut_ptr().cast(), MAX_SIZE, 0, addr_ptr, len_ptr)
+            };
+            let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+            Ok((PyBytes::new(py, &buf[..n]).into_any(), from))
+        })
+    }
+
+    /// The Python address for `raw`, reusing the cached tuple for the same peer.
+    fn address_object<'py>(&self, py: Python<'py>, raw: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(peer) = self.peer.borrow_mut(py).as_ref() {
+            if peer.raw.same_as(raw) {
+                return Ok(peer.addr.bind(py).clone());
+            }
+        }
+        let addr = raw.python_object(py)?;
+        let old = self.peer.borrow_mut(py).replace(Peer {
+            addr: addr.clone().unbind(),
+            raw: *raw,
+        });
+        drop(old);
+        Ok(addr)
+    }
+
+    /// The `sockaddr` for a Python address when the fast path can parse it.
+    fn sockaddr_of(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
+        if let Some(peer) = self.peer.borrow_mut(py).as_ref() {
+            if peer.addr.is(addr) {
+                return Some(peer.raw);
+            }
+        }
+        let raw = SockAddr::from_ipv4_tuple(addr)?;
+        let old = self.peer.borrow_mut(py).replace(Peer {
+            addr: addr.clone().unbind(),
+            raw,
+        });
+        drop(old);
+        Some(raw)
+    }
+
+    /// `sock.send(data)` when connected, else `sock.sendto(data, addr)`.
+    fn send_one(
+        &self,
+        base: &Bound<'_, Transport>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Sent> {
+        let py = base.py();
+        let this = base.get();
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            let raw = bytes.as_bytes();
+            let target = if self.connected {
+                None
+            } else {
+                match addr.and_then(|a| self.sockaddr_of(py, a)) {
+                    Some(target) => Some(target),
+                    None => return self.send_via_socket(base, data, addr),
+                }
+            };
+            let n = match target {
+                // SAFETY: `raw` is the live content of `bytes`, which we hold.
+                None => unsafe { libc::send(this.fd, raw.as_ptr().cast(), raw.len(), 0) },
+                Some(target) => {
+                    let (to, len) = target.as_parts();
+                    // SAFETY: as above; `to` is a valid address of `len` bytes.
+                    unsafe { libc::sendto(this.fd, raw.as_ptr().cast(), raw.len(), 0, to, len) }
+                }
+            };
+            if n >= 0 {
+                return Ok(Sent::Done);
+            }
+            let err = std::io::Error::last_os_error();
+            return Ok(if is_retry(&err) {
+                Sent::Retry
+            } else {
+                Sent::Failed(os_error(&err))
+            });
+        }
+        self.send_via_socket(base, data, addr)
+    }
+
+    /// The socket module's own `send`/`sendto` (other buffers, other addresses).
+    fn send_via_socket(
+        &self,
+        base: &Bound<'_, Transport>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Sent> {
+        let py = base.py();
+        let Some(sock) = base.get().sock.clone_ref(py) else {
+            return Ok(Sent::Fatal(PyOSError::new_err("transport is closed")));
+        };
+        let sock = sock.bind(py);
+        let result = if self.connected {
+            sock.call_method1("send", (data,))
+        } else {
+            sock.call_method1("sendto", (data, addr))
+        };
+        Ok(match result {
+            Ok(_) => Sent::Done,
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Sent::Retry
+            }
+            Err(e) if e.is_instance_of::<PyOSError>(py) => Sent::Failed(e),
+            Err(e) if is_exit(py, &e) => return Err(e),
+            Err(e) => Sent::Fatal(e),
+        })
+    }
+
+    /// One datagram to the protocol (CPython `_read_ready`); false when there
+    /// was nothing to read or reading should stop.
+    fn read_one(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let me = slf.get();
+        let protocol = {
+            let st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(false);
+            }
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        let received = if me.native {
+            match me.recv(py, this.fd) {
+                Ok((data, raw)) => me.address_object(py, &raw).map(|addr| (data, addr)),
+                Err(e) if is_retry(&e) => return Ok(false),
+                Err(e) => {
+                    return Self::error_received(base, protocol, os_error(&e)).map(|()| false)
+                }
+            }
+        } else {
+            let Some(sock) = this.sock.clone_ref(py) else {
+                return Ok(false);
+            };
+            sock.bind(py)
+                .call_method1("recvfrom", (MAX_SIZE,))
+                .and_then(|pair| pair.extract())
+        };
+        match received {
+            Ok((data, addr)) => match protocol {
+                Some(protocol) => protocol
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "datagram_received"), (data, addr))
+                    .map(|_| true),
+                None => Ok(false),
+            },
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py) =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.is_instance_of::<PyOSError>(py) => {
+                Self::error_received(base, protocol, e).map(|()| false)
+            }
+            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) => Transport::fatal_error(base, e, "Fatal read error on datagram transport")
+                .map(|()| false),
+        }
+    }
+
+    fn error_received(
+        base: &Bound<'_, Transport>,
+        protocol: Option<Py<PyAny>>,
+        exc: PyErr,
+    ) -> PyResult<()> {
+        let py = base.py();
+        match protocol {
+            Some(protocol) => protocol
+                .bind(py)
+                .call_method1("error_received", (exc.into_value(py),))
+                .map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+#[pymethods]
+impl DatagramTransport {
+    /// `_SelectorDatagramTransport(loop, sock, protocol, address, waiter, extra)`.
+    #[staticmethod]
+    #[pyo3(signature = (event_loop, sock, protocol, address=None, waiter=None, extra=None))]
+    fn _create<'py>(
+        event_loop: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        address: Option<&Bound<'py, PyAny>>,
+        waiter: Option<&Bound<'py, PyAny>>,
+        extra: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let py = event_loop.py();
+        let address = address.filter(|a| !a.is_none());
+        let base = Transport::new(Kind::Datagram, sock, extra, None, address)?;
+        let connected = match base.extra_item(py, "peername")? {
+            Some(peer) => peer.is_truthy()?,
+            None => false,
+        };
+        let family: i32 = sock.getattr("family")?.extract()?;
+        let this = Self {
+            native: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
+            connected,
+            peer: crate::gil::GilRefCell::new(None),
+        };
+        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(this))?;
+        let base = transport.as_super();
+        Transport::attach(base, event_loop, protocol, "_read_ready", "_sendto_ready")?;
+        Transport::schedule_connection_made(base, protocol, waiter)?;
+        Ok(transport)
+    }
+
+    /// The reader callback (CPython `_read_ready`).
+    ///
+    /// asyncio reads one datagram per loop iteration. This reads up to
+    /// `DATAGRAMS_PER_EVENT` (as libuv does) but only while nothing could tell the
+    /// difference: the previous `datagram_received` scheduled no callback, the loop
+    /// is not stopping, and the transport is still reading. Otherwise it stops, and
+    /// the level-triggered poll brings it back next iteration, exactly as asyncio.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let Some(lp) = this.event_loop(py) else {
+            return Ok(());
+        };
+        for i in 0..DATAGRAMS_PER_EVENT {
+            if i > 0 {
+                let st = this.state.borrow_mut(py);
+                if st.closing || st.paused {
+                    break;
+                }
+            }
+            let ready_before = lp.get().ready_len(py);
+            if !Self::read_one(slf)? {
+                break;
+            }
+            let core = lp.get();
+            if core.ready_len(py) != ready_before || core.is_stopping() || !slf.get().native {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let me = slf.get();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        let size = data.len()?;
+        if size == 0 {
+            return Ok(());
+        }
+        let address = this
+            .state
+            .borrow_mut(py)
+            .address
+            .as_ref()
+            .map(|a| a.clone_ref(py).into_bound(py));
+        let mut addr = addr.filter(|a| !a.is_none());
+        if let Some(address) = address.filter(|a| a.is_truthy().unwrap_or(true)) {
+            if let Some(given) = &addr {
+                if !(given.is(&address) || given.eq(&address)?) {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        address.str()?
+                    )));
+                }
+            }
+            addr = Some(address);
+            if this.state.borrow_mut(py).conn_lost > 0 {
+                return this.count_write_after_lost(py);
+            }
+        }
+        if this.state.borrow_mut(py).buffer.is_empty() {
+            // Attempt to send it right away first.
+            match me.send_one(base, data, addr.as_ref())? {
+                Sent::Done => return Ok(()),
+                Sent::Retry => this.watch(py, Direction::Write)?,
+                Sent::Failed(exc) => return Self::error_received(base, this.protocol(py), exc),
+                Sent::Fatal(exc) => {
+                    return Transport::fatal_error(
+                        base,
+                        exc,
+                        "Fatal write error on datagram transport",
+                    )
+                }
+            }
+        }
+        // Ensure that what we buffer is immutable.
+        let data = match data.cast::<PyBytes>() {
+            Ok(bytes) => bytes.clone(),
+            Err(_) => py
+                .get_type::<PyBytes>()
+                .call1((data,))?
+                .cast_into::<PyBytes>()?,
+        };
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.buffer.push_back(Chunk {
+                data: data.unbind(),
+                addr: addr.map(Bound::unbind),
+            });
+            st.buffer_size += size;
+        }
+        Transport::maybe_pause_protocol(base)
+    }
+
+    /// The writer callback (CPython `_sendto_ready`).
+    fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let me = slf.get();
+        loop {
+            let Some(chunk) = ({
+                let mut st = this.state.borrow_mut(py);
+                let chunk = st.buffer.pop_front();
+                if let Some(chunk) = &chunk {
+                    st.buffer_size -= chunk.data.bind(py).as_bytes().len();
+                }
+                chunk
+            }) else {
+                break;
+            };
+            let data = chunk.data.bind(py).clone().into_any();
+            let addr = chunk.addr.as_ref().map(|a| a.bind(py).clone());
+            match me.send_one(base, &data, addr.as_ref())? {
+                Sent::Done => {}
+                Sent::Retry => {
+                    let mut st = this.state.borrow_mut(py);
+                    st.buffer_size += chunk.data.bind(py).as_bytes().len();
+                    st.buffer.push_front(chunk);
+                    break;
+                }
+                Sent::Failed(exc) => return Self::error_received(base, this.protocol(py), exc),
+                Sent::Fatal(exc) => {
+                    return Transport::fatal_error(
+                        base,
+                        exc,
+                        "Fatal write error on datagram transport",
+                    )
+                }
+            }
+        }
+        Transport::maybe_resume_protocol(base)?; // may append to the buffer
+        let (empty, closing) = {
+            let st = this.state.borrow_mut(py);
+            (st.buffer.is_empty(), st.closing)
+        };
+        if empty {
+            this.unwatch(py, Direction::Write)?;
+            if closing {
+                Transport::_call_connection_lost(base, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn _address(slf: &Bound<'_, Self>) -> Option<Py<PyAny>> {
+        let py = slf.py();
+        slf.as_super()
+            .get()
+            .state
+            .borrow_mut(py)
+            .address
+            .as_ref()
+            .map(|a| a.clone_ref(py))
+    }
+
+    /// `asyncio.selector_events._SelectorDatagramTransport` (see `Handle.__class__`).
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
+        py::selector_datagram_transport(py)
+    }
+}
