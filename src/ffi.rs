@@ -63,11 +63,13 @@ extern "C" {
 }
 
 /// Reads at most `max` bytes from `fd` straight into a new `bytes` (allocate,
-/// receive, shrink), as `socket.recv` does. `Ok(None)` is end of file.
+/// receive with `flags`, shrink), as `socket.recv` does. `Ok(None)` is end of
+/// file (or `max == 0`).
 pub fn recv_into_new_bytes(
     py: Python<'_>,
     fd: libc::c_int,
     max: usize,
+    flags: libc::c_int,
 ) -> std::io::Result<Option<Bound<'_, PyAny>>> {
     let size = ffi::Py_ssize_t::try_from(max).unwrap_or(ffi::Py_ssize_t::MAX);
     // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
@@ -78,7 +80,7 @@ pub fn recv_into_new_bytes(
         return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
-    let n = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), max, 0) };
+    let n = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), max, flags) };
     if n <= 0 {
         let err = std::io::Error::last_os_error();
         // SAFETY: we own the only reference.

@@ -62,6 +62,8 @@ import_cache! {
     /// `asyncio.selector_events._SelectorDatagramTransport` (native datagram
     /// transports' `__class__`).
     selector_datagram_transport => "asyncio.selector_events" . "_SelectorDatagramTransport";
+    /// `ssl.SSLSocket` (the sock_* methods refuse it, as asyncio does).
+    ssl_socket => "ssl" . "SSLSocket";
     /// `os.fsdecode`.
     fsdecode => "os" . "fsdecode";
     /// `warnings.warn`.

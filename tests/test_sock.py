@@ -417,3 +417,88 @@ def test_sock_wait_for_timeout_on_recv(loop, pair):
         assert await loop.sock_recv(a, 10) == b'late'
 
     run(loop, main())
+
+
+def test_sock_methods_are_coroutines(loop, pair):
+    a, b = pair
+
+    async def main():
+        b.send(b'xy')
+        coro = loop.sock_recv(a, 1)
+        assert asyncio.iscoroutine(coro)
+        assert await asyncio.create_task(coro) == b'x'
+        assert await asyncio.wait_for(loop.sock_recv(a, 5), 5) == b'y'
+
+    run(loop, main())
+
+
+def test_sock_recv_argument_errors_are_the_socket_modules(loop, pair):
+    a, b = pair
+
+    async def main():
+        with pytest.raises(ValueError, match='negative buffersize in recv'):
+            await loop.sock_recv(a, -1)
+        with pytest.raises(TypeError):
+            await loop.sock_recv(a, 'ten')
+        with pytest.raises(TypeError):
+            await loop.sock_sendall(a, 'text')
+        with pytest.raises(TypeError):
+            await loop.sock_recv_into(a, b'read-only')
+        b.send(b'z')
+        assert await loop.sock_recv(a, 0) == b''
+
+    run(loop, main())
+
+
+def test_sock_methods_on_a_closed_socket(loop):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.close()
+        b.close()
+        for call in (lambda: loop.sock_recv(a, 1), lambda: loop.sock_sendall(a, b'x')):
+            with pytest.raises(OSError) as info:
+                await call()
+            assert info.value.errno == errno.EBADF
+
+    run(loop, main())
+
+
+def test_sock_sendall_accepts_bytes_like(loop, pair):
+    a, b = pair
+
+    async def main():
+        await loop.sock_sendall(a, bytearray(b'ab'))
+        await loop.sock_sendall(a, memoryview(b'cd'))
+        assert await loop.sock_recv(b, 10) == b'abcd'
+
+    run(loop, main())
+
+
+def test_sock_refuses_ssl_sockets(loop):
+    ssl = pytest.importorskip('ssl')
+    wrapped = ssl.SSLSocket.__new__(ssl.SSLSocket)  # the type check happens before any I/O
+
+    async def main():
+        with pytest.raises(TypeError, match='Socket cannot be of type SSLSocket'):
+            await loop.sock_recv(wrapped, 1)
+        with pytest.raises(TypeError, match='Socket cannot be of type SSLSocket'):
+            await loop.sock_sendall(wrapped, b'x')
+
+    run(loop, main())
+
+
+def test_sock_recv_on_a_transport_socket_is_refused(loop):
+    async def main():
+        srv = await loop.create_server(asyncio.Protocol, '127.0.0.1', 0)
+        tr, _ = await loop.create_connection(asyncio.Protocol, *srv.sockets[0].getsockname())
+        sock = tr.get_extra_info('socket')._sock
+        try:
+            with pytest.raises(RuntimeError, match=r'File descriptor \d+ is used by transport'):
+                await loop.sock_recv(sock, 1)
+        finally:
+            tr.close()
+            srv.close()
+            await srv.wait_closed()
+
+    run(loop, main())

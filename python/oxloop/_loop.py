@@ -124,48 +124,23 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
     ) -> Any:
         return _oxloop.DatagramTransport._create(self, sock, protocol, address, waiter, extra)
 
-    # ----- sock_* (selector_events.py; the wait is native) ----------------------------
+    # ----- sock_* (selector_events.py; the checks, first try and wait are native) ------
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to n bytes from the socket (asyncio's sock_recv)."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError('the socket must be non-blocking')
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        return await self._sock_wait(sock, fd, 'recv', n)  # type: ignore[no-any-return]
+        done, result = self._sock_start(sock, 'recv', n)
+        return result if done else await result  # type: ignore[no-any-return]
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive into buf from the socket (asyncio's sock_recv_into)."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError('the socket must be non-blocking')
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        return await self._sock_wait(sock, fd, 'recv_into', buf)  # type: ignore[no-any-return]
+        done, result = self._sock_start(sock, 'recv_into', buf)
+        return result if done else await result  # type: ignore[no-any-return]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         """Send all of data to the socket (asyncio's sock_sendall)."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError('the socket must be non-blocking')
-        try:
-            n = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        if n == len(data):
-            return
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        await self._sock_wait(sock, fd, 'sendall', data, n)
+        done, result = self._sock_start(sock, 'sendall', data)
+        if not done:
+            await result
 
     # ----- signals (the rest is unix_events._UnixSelectorEventLoop's) ----------------
 

@@ -19,7 +19,6 @@ pub(crate) mod sock;
 mod tasks;
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use oxloop_core::clock;
@@ -400,18 +399,14 @@ impl LoopCore {
         }
     }
 
-    /// The waiting part of `sock_recv`/`sock_recv_into`/`sock_sendall`: registers
-    /// a native waiter on `fd` and returns the future it completes.
-    #[pyo3(signature = (sock, fd, kind, arg, sent=0))]
-    fn _sock_wait<'py>(
+    /// `(done, result_or_future)` for `sock_recv`/`sock_recv_into`/`sock_sendall`.
+    fn _sock_start<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
-        fd: RawFd,
         kind: &str,
         arg: &Bound<'py, PyAny>,
-        sent: usize,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        Self::sock_wait(slf, sock, fd, kind, arg, sent)
+    ) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        Self::sock_start(slf, sock, kind, arg)
     }
 
     // ----- running --------------------------------------------------------------

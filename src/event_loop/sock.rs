@@ -9,13 +9,15 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PySystemExit, PyValueError,
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit,
+    PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::{Direction, LoopCore};
+use crate::errors::os_error;
 use crate::gil::{GilCell, GilRefCell};
 use crate::handles::Handle;
 
@@ -41,6 +43,13 @@ impl SockWaiter {
     /// Runs the operation once; `Ok(None)` means "would block, wait again".
     fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let sock = self.sock.bind(py);
+        let native_recv = match &*self.op.borrow_mut(py) {
+            SockOp::Recv(n) => n.bind(py).extract::<usize>().ok(),
+            _ => None,
+        };
+        if let Some(n) = native_recv {
+            return recv_now(py, self.fd, n);
+        }
         let (method, arg) = match &*self.op.borrow_mut(py) {
             SockOp::Recv(n) => ("recv", n.clone_ref(py).into_bound(py)),
             SockOp::RecvInto(buf) => ("recv_into", buf.clone_ref(py).into_bound(py)),
@@ -54,16 +63,7 @@ impl SockWaiter {
                 ("send", rest)
             }
         };
-        match sock.call_method1(method, (arg,)) {
-            Ok(result) => Ok(Some(result)),
-            Err(e)
-                if e.is_instance_of::<PyBlockingIOError>(py)
-                    || e.is_instance_of::<PyInterruptedError>(py) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        call_now(sock, method, &arg)
     }
 }
 
@@ -145,7 +145,135 @@ impl SockWaiter {
     }
 }
 
+/// `sock.recv(n)` without raising on "would block" (`Ok(None)`).
+fn recv_now(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyAny>>> {
+    match crate::ffi::recv_into_new_bytes(py, fd, n, libc::MSG_DONTWAIT) {
+        Ok(Some(data)) => Ok(Some(data)),
+        Ok(None) => Ok(Some(PyBytes::new(py, b"").into_any())),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(None),
+        Err(e) => Err(os_error(&e)),
+    }
+}
+
+/// `sock.send(data)` for a `bytes`, without raising on "would block" (0 sent).
+fn send_now(data: &Bound<'_, PyBytes>, fd: RawFd) -> PyResult<usize> {
+    let raw = data.as_bytes();
+    // SAFETY: `raw` is the live content of `data`, which the caller holds.
+    let n = unsafe {
+        libc::send(
+            fd,
+            raw.as_ptr().cast(),
+            raw.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match usize::try_from(n) {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let err = std::io::Error::last_os_error();
+            if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                Ok(0)
+            } else {
+                Err(os_error(&err))
+            }
+        }
+    }
+}
+
+/// Runs `sock.<method>(arg)`, mapping "would block" to `Ok(None)`.
+fn call_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    method: &str,
+    arg: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
+    match sock.call_method1(method, (arg,)) {
+        Ok(result) => Ok(Some(result)),
+        Err(e)
+            if e.is_instance_of::<PyBlockingIOError>(py)
+                || e.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl LoopCore {
+    /// The synchronous half of `sock_recv`/`sock_recv_into`/`sock_sendall`
+    /// (CPython `selector_events.py`): the checks, one immediate try, and when it
+    /// would block, the waiter. Returns the result, or the future to await.
+    pub(super) fn sock_start<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        kind: &str,
+        arg: &Bound<'py, PyAny>,
+    ) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        let py = slf.py();
+        // base_events._check_ssl_socket
+        if let Ok(ssl_socket) = crate::py::ssl_socket(py) {
+            if sock.is_instance(ssl_socket)? {
+                return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
+            }
+        }
+        if slf.get().debug() && !sock.call_method0("gettimeout")?.eq(0)? {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let mut sent = 0;
+        let done = match kind {
+            "recv" => match arg.extract::<usize>() {
+                // MSG_DONTWAIT: a blocking socket waits for readiness instead of
+                // blocking the loop.
+                Ok(n) => recv_now(py, fd, n)?,
+                // Negative or not an int: the socket module's own error.
+                Err(_) => call_now(sock, "recv", arg)?,
+            },
+            "recv_into" => call_now(sock, "recv_into", arg)?,
+            "sendall" => {
+                sent = match arg.cast::<PyBytes>() {
+                    Ok(bytes) => send_now(bytes, fd)?,
+                    Err(_) => call_now(sock, "send", arg)?.map_or(Ok(0), |n| n.extract())?,
+                };
+                if sent == arg.len()? {
+                    Some(py.None().into_bound(py))
+                } else {
+                    None
+                }
+            }
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown socket operation {kind:?}"
+                )))
+            }
+        };
+        if let Some(result) = done {
+            return Ok((true, result));
+        }
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Ok((false, Self::sock_wait(slf, sock, fd, kind, arg, sent)?))
+    }
+
+    /// CPython `_ensure_fd_no_transport` for an int fd, reading the
+    /// `WeakValueDictionary`'s own dict (no `KeyError` raised and caught).
+    fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        let transports = slf.getattr(pyo3::intern!(slf.py(), "_transports"))?;
+        let Ok(data) = transports.getattr("data") else {
+            return slf.call_method1("_ensure_fd_no_transport", (fd,)).map(drop);
+        };
+        let Some(weak) = data.cast::<PyDict>()?.get_item(fd)? else {
+            return Ok(());
+        };
+        let transport = weak.call0()?;
+        if transport.is_none() || transport.call_method0("is_closing")?.is_truthy()? {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "File descriptor {fd} is used by transport {}",
+            transport.repr()?
+        )))
+    }
+
     /// Registers a waiter for `kind` (`"recv"`, `"recv_into"`, `"sendall"`) and
     /// returns the future it completes.
     pub(super) fn sock_wait<'py>(

@@ -11,8 +11,6 @@
 //! IPv6 and Unix targets) go through the socket's own `sendto`, so every error and
 //! resolution rule stays the `socket` module's.
 
-use std::cell::RefCell;
-
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
@@ -20,21 +18,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 
 use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
+use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
 use crate::py;
 use crate::sockaddr::SockAddr;
 
-/// CPython: `_SelectorTransport.max_size`, the most one `recvfrom` returns.
-const MAX_SIZE: usize = 256 * 1024;
 /// The most datagrams one readiness event delivers (libuv reads 32).
 const DATAGRAMS_PER_EVENT: usize = 32;
-
-thread_local! {
-    /// Where datagrams land before they are copied into their `bytes` (a datagram
-    /// is small; a fresh `MAX_SIZE` bytes per read would cost an mmap).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The last peer seen or sent to: its `sockaddr` and the Python tuple for it.
 struct Peer {
@@ -72,10 +63,7 @@ impl DatagramTransport {
     ) -> std::io::Result<(Bound<'py, PyAny>, SockAddr)> {
         let mut from = SockAddr::empty();
         let (addr_ptr, len_ptr) = from.as_mut_parts();
-        SCRATCH.with_borrow_mut(|buf| {
-            if buf.len() < MAX_SIZE {
-                buf.resize(MAX_SIZE, 0);
-            }
+        super::with_scratch(|buf| {
             // SAFETY: `buf` is writable for MAX_SIZE bytes; `from` has room for any
             // address and its length is in/out.
             let n = unsafe {

@@ -16,12 +16,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 
 use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
+use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
 use crate::py;
 
-/// CPython: `_SelectorTransport.max_size`, the most one read returns.
-const MAX_SIZE: usize = 256 * 1024;
 /// Chunks handed to one `writev`.
 const WRITEV_MAX: usize = 64;
 
@@ -218,8 +217,9 @@ impl StreamTransport {
             return Self::read_into_buffer(base, &protocol);
         }
         // Straight into a fresh `bytes`, as socket.recv does: one copy less than a
-        // shared buffer, measured 0.5x -> ~1.0x uvloop on 100 KiB echo (benches/net.py).
-        match crate::ffi::recv_into_new_bytes(py, this.fd, MAX_SIZE) {
+        // shared buffer, measured 0.5x -> ~1.0x uvloop on 100 KiB echo (benches/net.py);
+        // a scratch buffer + copy for small reads measured no better at 1 KiB.
+        match crate::ffi::recv_into_new_bytes(py, this.fd, MAX_SIZE, 0) {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on socket transport")
