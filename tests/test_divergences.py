@@ -71,3 +71,37 @@ def test_divergence_fd_closed_without_remove_reader_can_be_watched_again(loop, l
     finally:
         c.close()
         d.close()
+
+
+def test_divergence_sock_recv_on_a_blocking_socket_waits_for_readiness(loop, loop_impl):
+    # asyncio (outside debug mode) calls the blocking recv() and blocks the whole loop
+    # until data arrives; oxloop reads with MSG_DONTWAIT and waits for readiness.
+    import asyncio
+    import threading
+
+    a, b = socket.socketpair()  # both blocking
+    ticks = []
+
+    async def ticker():
+        for _ in range(5):
+            ticks.append(loop.time())
+            await asyncio.sleep(0.01)
+
+    async def main():
+        tick = asyncio.ensure_future(ticker())
+        sender = threading.Timer(0.2, b.send, (b'late',))  # a thread: asyncio's loop is blocked
+        sender.start()
+        assert await asyncio.wait_for(loop.sock_recv(a, 10), 5) == b'late'
+        await tick
+        sender.join()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+    ticked_while_waiting = sum(1 for t in ticks[1:] if t - ticks[0] < 0.15)
+    if loop_impl == 'oxloop':
+        assert ticked_while_waiting >= 3
+    else:
+        assert ticked_while_waiting == 0
