@@ -74,6 +74,15 @@ impl DatagramTransport {
         })
     }
 
+    /// Makes `addr`/`raw` the cached peer (the old one is dropped outside the borrow).
+    fn remember(&self, py: Python<'_>, addr: &Bound<'_, PyAny>, raw: SockAddr) {
+        let old = self.peer.borrow_mut(py).replace(Peer {
+            addr: addr.clone().unbind(),
+            raw,
+        });
+        drop(old);
+    }
+
     /// The Python address for `raw`, reusing the cached tuple for the same peer.
     fn address_object<'py>(&self, py: Python<'py>, raw: &SockAddr) -> PyResult<Bound<'py, PyAny>> {
         if let Some(peer) = self.peer.borrow_mut(py).as_ref() {
@@ -82,11 +91,7 @@ impl DatagramTransport {
             }
         }
         let addr = raw.python_object(py)?;
-        let old = self.peer.borrow_mut(py).replace(Peer {
-            addr: addr.clone().unbind(),
-            raw: *raw,
-        });
-        drop(old);
+        self.remember(py, &addr, *raw);
         Ok(addr)
     }
 
@@ -98,11 +103,7 @@ impl DatagramTransport {
             }
         }
         let raw = SockAddr::from_ipv4_tuple(addr)?;
-        let old = self.peer.borrow_mut(py).replace(Peer {
-            addr: addr.clone().unbind(),
-            raw,
-        });
-        drop(old);
+        self.remember(py, addr, raw);
         Some(raw)
     }
 
