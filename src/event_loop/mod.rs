@@ -406,7 +406,7 @@ impl LoopCore {
         kind: &str,
         arg: &Bound<'py, PyAny>,
     ) -> PyResult<(bool, Bound<'py, PyAny>)> {
-        Self::sock_start(slf, sock, kind, arg)
+        Self::sock_start(slf, sock, sock::SockKind::parse(kind)?, arg)
     }
 
     // ----- running --------------------------------------------------------------

@@ -21,6 +21,27 @@ use crate::errors::os_error;
 use crate::gil::{GilCell, GilRefCell};
 use crate::handles::Handle;
 
+/// Which `sock_*` method, parsed once from the name the Python side passes.
+#[derive(Clone, Copy)]
+pub(super) enum SockKind {
+    Recv,
+    RecvInto,
+    SendAll,
+}
+
+impl SockKind {
+    pub(super) fn parse(kind: &str) -> PyResult<Self> {
+        match kind {
+            "recv" => Ok(Self::Recv),
+            "recv_into" => Ok(Self::RecvInto),
+            "sendall" => Ok(Self::SendAll),
+            _ => Err(PyValueError::new_err(format!(
+                "unknown socket operation {kind:?}"
+            ))),
+        }
+    }
+}
+
 enum SockOp {
     Recv(Py<PyAny>),
     RecvInto(Py<PyAny>),
@@ -43,13 +64,6 @@ impl SockWaiter {
     /// Runs the operation once; `Ok(None)` means "would block, wait again".
     fn attempt<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let sock = self.sock.bind(py);
-        let native_recv = match &*self.op.borrow_mut(py) {
-            SockOp::Recv(n) => n.bind(py).extract::<usize>().ok(),
-            _ => None,
-        };
-        if let Some(n) = native_recv {
-            return recv_now(py, self.fd, n);
-        }
         let (method, arg) = match &*self.op.borrow_mut(py) {
             SockOp::Recv(n) => ("recv", n.clone_ref(py).into_bound(py)),
             SockOp::RecvInto(buf) => ("recv_into", buf.clone_ref(py).into_bound(py)),
@@ -63,6 +77,11 @@ impl SockWaiter {
                 ("send", rest)
             }
         };
+        if method == "recv" {
+            if let Ok(size) = arg.extract::<usize>() {
+                return recv_now(py, self.fd, size);
+            }
+        }
         call_now(sock, method, &arg)
     }
 }
@@ -206,7 +225,7 @@ impl LoopCore {
     pub(super) fn sock_start<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
-        kind: &str,
+        kind: SockKind,
         arg: &Bound<'py, PyAny>,
     ) -> PyResult<(bool, Bound<'py, PyAny>)> {
         let py = slf.py();
@@ -222,15 +241,15 @@ impl LoopCore {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let mut sent = 0;
         let done = match kind {
-            "recv" => match arg.extract::<usize>() {
+            SockKind::Recv => match arg.extract::<usize>() {
                 // MSG_DONTWAIT: a blocking socket waits for readiness instead of
                 // blocking the loop.
                 Ok(n) => recv_now(py, fd, n)?,
                 // Negative or not an int: the socket module's own error.
                 Err(_) => call_now(sock, "recv", arg)?,
             },
-            "recv_into" => call_now(sock, "recv_into", arg)?,
-            "sendall" => {
+            SockKind::RecvInto => call_now(sock, "recv_into", arg)?,
+            SockKind::SendAll => {
                 sent = match arg.cast::<PyBytes>() {
                     Ok(bytes) => send_now(bytes, fd)?,
                     Err(_) => call_now(sock, "send", arg)?.map_or(Ok(0), |n| n.extract())?,
@@ -240,11 +259,6 @@ impl LoopCore {
                 } else {
                     None
                 }
-            }
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown socket operation {kind:?}"
-                )))
             }
         };
         if let Some(result) = done {
@@ -274,32 +288,26 @@ impl LoopCore {
         )))
     }
 
-    /// Registers a waiter for `kind` (`"recv"`, `"recv_into"`, `"sendall"`) and
-    /// returns the future it completes.
+    /// Registers a waiter for `kind` and returns the future it completes.
     pub(super) fn sock_wait<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         fd: RawFd,
-        kind: &str,
+        kind: SockKind,
         arg: &Bound<'py, PyAny>,
         sent: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let (op, direction) = match kind {
-            "recv" => (SockOp::Recv(arg.clone().unbind()), Direction::Read),
-            "recv_into" => (SockOp::RecvInto(arg.clone().unbind()), Direction::Read),
-            "sendall" => (
+            SockKind::Recv => (SockOp::Recv(arg.clone().unbind()), Direction::Read),
+            SockKind::RecvInto => (SockOp::RecvInto(arg.clone().unbind()), Direction::Read),
+            SockKind::SendAll => (
                 SockOp::SendAll(
                     pyo3::types::PyMemoryView::from(arg)?.into_any().unbind(),
                     sent,
                 ),
                 Direction::Write,
             ),
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown socket operation {kind:?}"
-                )))
-            }
         };
         let future = Self::new_future(slf)?;
         let waiter = Bound::new(

@@ -232,6 +232,18 @@ impl DatagramTransport {
         }
     }
 
+    /// CPython's handling of a failed send: `error_received` for an `OSError`,
+    /// a fatal error otherwise.
+    fn send_failed(base: &Bound<'_, Transport>, sent: Sent) -> PyResult<()> {
+        match sent {
+            Sent::Done | Sent::Retry => Ok(()),
+            Sent::Failed(exc) => Self::error_received(base, base.get().protocol(base.py()), exc),
+            Sent::Fatal(exc) => {
+                Transport::fatal_error(base, exc, "Fatal write error on datagram transport")
+            }
+        }
+    }
+
     fn error_received(
         base: &Bound<'_, Transport>,
         protocol: Option<Py<PyAny>>,
@@ -363,14 +375,7 @@ impl DatagramTransport {
             match me.send_one(base, data, addr.as_ref())? {
                 Sent::Done => return Ok(()),
                 Sent::Retry => this.watch(py, Direction::Write)?,
-                Sent::Failed(exc) => return Self::error_received(base, this.protocol(py), exc),
-                Sent::Fatal(exc) => {
-                    return Transport::fatal_error(
-                        base,
-                        exc,
-                        "Fatal write error on datagram transport",
-                    )
-                }
+                failed => return Self::send_failed(base, failed),
             }
         }
         // Ensure that what we buffer is immutable.
@@ -419,14 +424,7 @@ impl DatagramTransport {
                     st.buffer.push_front(chunk);
                     break;
                 }
-                Sent::Failed(exc) => return Self::error_received(base, this.protocol(py), exc),
-                Sent::Fatal(exc) => {
-                    return Transport::fatal_error(
-                        base,
-                        exc,
-                        "Fatal write error on datagram transport",
-                    )
-                }
+                failed => return Self::send_failed(base, failed),
             }
         }
         Transport::maybe_resume_protocol(base)?; // may append to the buffer
