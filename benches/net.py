@@ -45,7 +45,7 @@ BENCHES_DIR = ROOT / 'benches'
 SERVERS_DIR = BENCHES_DIR / 'servers'
 RESULTS_DIR = BENCHES_DIR / 'results'
 LOADGEN_CRATE = ROOT / 'crates' / 'oxloop-loadgen'
-ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio')
+ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio', 'floor')
 KIB = 1024
 READY_TIMEOUT = 20.0  # seconds for a server to print "ready"
 START_ATTEMPTS = 3  # a server that dies before "ready" (e.g. oxloop being reinstalled) is retried
@@ -189,6 +189,10 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
             notes.append(f'uvloop unavailable, skipped: {type(exc).__name__}: {exc}')
     if 'asyncio' in wanted:
         available['asyncio'] = ('asyncio', f'stdlib {platform.python_version()}')
+    if 'floor' in wanted:
+        # Not a loop: the same answers from plain Rust with no Python, i.e. the kernel's
+        # part of every request; the ceiling of req/CPU-s on this machine.
+        available['floor'] = ('floor', 'oxloop-floor (Rust epoll, no Python)')
     contestants = [Contestant(name, *available[name]) for name in wanted if name in available]
     if 'uvloop#2' in wanted and 'uvloop' not in available and 'asyncio' in available:
         contestants.append(Contestant('asyncio#2', *available['asyncio']))
@@ -285,8 +289,20 @@ class Server:
     log: Path
 
 
-def start_server(case: Case, contestant: Contestant, cpu: int | None, tmpdir: Path, max_seconds: float) -> Server:
-    cmd = [sys.executable, str(SERVERS_DIR / case.server), '--loop', contestant.loop]
+def start_server(
+    case: Case,
+    contestant: Contestant,
+    cpu: int | None,
+    tmpdir: Path,
+    max_seconds: float,
+    wrapper: tuple[str, ...] = (),
+    ready_timeout: float = READY_TIMEOUT,
+) -> Server:
+    """Start the case's server on one loop; ``wrapper`` prefixes the command (valgrind)."""
+    if contestant.loop == 'floor':
+        cmd = [*wrapper, str(floor_path()), '--mode', case.mode]
+    else:
+        cmd = [*wrapper, sys.executable, str(SERVERS_DIR / case.server), '--loop', contestant.loop]
     if case.mode == 'unix':
         path = tmpdir / f'{case.name}.sock'
         with contextlib.suppress(FileNotFoundError):
@@ -300,7 +316,7 @@ def start_server(case: Case, contestant: Contestant, cpu: int | None, tmpdir: Pa
     for attempt in range(START_ATTEMPTS):
         with open(log, 'wb') as err:
             proc = spawn(cmd, cpu, stdout=subprocess.PIPE, stderr=err, bufsize=0)
-        line = _read_line(proc, READY_TIMEOUT)
+        line = _read_line(proc, ready_timeout)
         if line.startswith('ready'):
             return Server(proc, line.split(maxsplit=1)[1] if ' ' in line else '', log)
         stop(proc, grace=0.5)
@@ -339,12 +355,18 @@ def loadgen_path() -> Path:
     return target / 'release' / 'oxloop-loadgen'
 
 
+def floor_path() -> Path:
+    """The reference server, built with the load generator (same crate)."""
+    return loadgen_path().with_name('oxloop-floor')
+
+
 def ensure_loadgen() -> tuple[Path | None, str | None]:
     """Build the load generator if it is missing or older than its sources."""
     binary = loadgen_path()
     sources = [LOADGEN_CRATE / 'Cargo.toml', *LOADGEN_CRATE.rglob('*.rs')]
     newest = max((p.stat().st_mtime for p in sources if p.exists()), default=0.0)
-    if binary.exists() and binary.stat().st_mtime >= newest:
+    built = [binary, floor_path()]
+    if all(b.exists() and b.stat().st_mtime >= newest for b in built):
         return binary, None
     cargo = shutil.which('cargo')
     if cargo is None:
@@ -358,7 +380,9 @@ def ensure_loadgen() -> tuple[Path | None, str | None]:
     if done.returncode != 0 or not binary.exists():
         print(done.stderr[-3000:], file=sys.stderr)
         return None, None
-    binary.touch()  # cargo may leave an up-to-date binary's mtime alone
+    for b in built:
+        if b.exists():
+            b.touch()  # cargo may leave an up-to-date binary's mtime alone
     return binary, None
 
 
@@ -833,9 +857,13 @@ def main(argv: list[str] | None = None) -> int:
 
     needs_loadgen = any(c.mode != 'http' for c in args.cases)
     needs_wrk = any(c.mode == 'http' for c in args.cases)
-    loadgen, note = ensure_loadgen() if needs_loadgen else (None, None)
+    loadgen, note = ensure_loadgen() if needs_loadgen or 'floor' in names else (None, None)
     if note:
         notes.append(note)
+    if 'floor' in names and not floor_path().exists():
+        notes.append('oxloop-floor is missing and could not be built: the floor is left out')
+        contestants = [c for c in contestants if c.name != 'floor']
+        names.remove('floor')
     if needs_loadgen and loadgen is None:
         notes.append('oxloop-loadgen is missing and could not be built: the echo benchmarks are skipped')
     wrk = shutil.which('wrk') if needs_wrk else None

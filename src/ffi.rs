@@ -62,14 +62,22 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
 }
 
+/// How [`read_into_new_bytes`] reads: `recv` with flags (sockets) or `read`
+/// (pipes, ttys: `recv` fails on anything but a socket).
+#[derive(Clone, Copy)]
+pub enum ReadCall {
+    Recv(libc::c_int),
+    Read,
+}
+
 /// Reads at most `max` bytes from `fd` straight into a new `bytes` (allocate,
-/// receive with `flags`, shrink), as `socket.recv` does. `Ok(None)` is end of
-/// file (or `max == 0`).
-pub fn recv_into_new_bytes(
+/// read, shrink), as `socket.recv` and `os.read` do. `Ok(None)` is end of file
+/// (or `max == 0`).
+pub fn read_into_new_bytes(
     py: Python<'_>,
     fd: libc::c_int,
     max: usize,
-    flags: libc::c_int,
+    how: ReadCall,
 ) -> std::io::Result<Option<Bound<'_, PyAny>>> {
     let size = ffi::Py_ssize_t::try_from(max).unwrap_or(ffi::Py_ssize_t::MAX);
     // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
@@ -80,7 +88,13 @@ pub fn recv_into_new_bytes(
         return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
-    let n = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), max, flags) };
+    let n = unsafe {
+        let buf = ffi::PyBytes_AsString(obj).cast();
+        match how {
+            ReadCall::Recv(flags) => libc::recv(fd, buf, max, flags),
+            ReadCall::Read => libc::read(fd, buf, max),
+        }
+    };
     if n <= 0 {
         let err = std::io::Error::last_os_error();
         // SAFETY: we own the only reference.

@@ -33,6 +33,8 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::base::Transport>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_class::<transports::pipe::ReadPipeTransport>()?;
+    m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_class::<event_loop::sock::SockWaiter>()?;
     fastcall::install(m.py())?;
     Ok(())

@@ -62,6 +62,10 @@ import_cache! {
     /// `asyncio.selector_events._SelectorDatagramTransport` (native datagram
     /// transports' `__class__`).
     selector_datagram_transport => "asyncio.selector_events" . "_SelectorDatagramTransport";
+    /// `asyncio.unix_events._UnixReadPipeTransport` (native read pipes' `__class__`).
+    unix_read_pipe_transport => "asyncio.unix_events" . "_UnixReadPipeTransport";
+    /// `asyncio.unix_events._UnixWritePipeTransport` (native write pipes' `__class__`).
+    unix_write_pipe_transport => "asyncio.unix_events" . "_UnixWritePipeTransport";
     /// `ssl.SSLSocket` (the sock_* methods refuse it, as asyncio does).
     ssl_socket => "ssl" . "SSLSocket";
     /// `os.fsdecode`.

@@ -5,6 +5,7 @@ import asyncio
 import errno
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -376,3 +377,66 @@ def test_pipes_on_a_socket(loop):
     finally:
         af.close()
         bf.close()
+
+
+def test_pipes_read_data_received_error_reaches_handler_and_reading_goes_on(loop, pipe):
+    # asyncio's read pipe does not catch it: the handler gets it as the callback's
+    # exception, and the transport stays open.
+    rf, wf = pipe
+    errors = capture_errors(loop)
+
+    class Failing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if data.startswith(b'boom'):
+                raise ZeroDivisionError('in data_received')
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(Failing, rf)
+        wf.write(b'boom')
+        await wait_until(lambda: errors)
+        assert not tr.is_closing()
+        wf.write(b'more')
+        assert await proto.read(8) == b'boommore'
+        tr.close()
+        await asyncio.wait_for(proto.lost, 5)
+
+    run(loop, main())
+    assert len(errors) == 1
+    assert isinstance(errors[0]['exception'], ZeroDivisionError)
+    assert errors[0]['message'].startswith('Exception in callback')
+
+
+def test_pipes_repr(loop, pipe):
+    rf, wf = pipe
+
+    async def main():
+        rt, rproto = await loop.connect_read_pipe(Recorder, rf)
+        wt, wproto = await loop.connect_write_pipe(Recorder, wf)
+        assert re.fullmatch(r'<_UnixReadPipeTransport fd=\d+ polling>', repr(rt)), repr(rt)
+        assert re.fullmatch(r'<_UnixWritePipeTransport fd=\d+ idle bufsize=0>', repr(wt)), repr(wt)
+        rt.close()
+        wt.close()
+        await asyncio.wait_for(rproto.lost, 5)
+        await asyncio.wait_for(wproto.lost, 5)
+        assert re.fullmatch(r'<_UnixReadPipeTransport closed fd=\d+ closed>', repr(rt)), repr(rt)
+
+    run(loop, main())
+
+
+def test_pipes_transport_methods_can_be_replaced_on_the_instance(loop, pipe):
+    # asyncio's pipe transports are plain Python objects; CPython's subprocess tests
+    # (and users' tests) replace methods on them.
+    rf, _wf = pipe
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(Recorder, rf)
+        calls = []
+        tr.pause_reading = lambda: calls.append('pause')
+        tr.pause_reading()
+        assert calls == ['pause']
+        assert tr.is_reading()
+        tr.close()
+        await asyncio.wait_for(proto.lost, 5)
+
+    run(loop, main())

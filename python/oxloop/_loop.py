@@ -124,6 +124,12 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
     ) -> Any:
         return _oxloop.DatagramTransport._create(self, sock, protocol, address, waiter, extra)
 
+    def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> Any:
+        return _oxloop.ReadPipeTransport._create(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> Any:
+        return _oxloop.WritePipeTransport._create(self, pipe, protocol, waiter, extra)
+
     # ----- sock_* (selector_events.py; the checks, first try and wait are native) ------
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:

@@ -11,10 +11,12 @@ __all__ = [
     'DatagramTransport',
     'Handle',
     'LoopCore',
+    'ReadPipeTransport',
     'SelectorTransport',
     'SockWaiter',
     'SocketTransport',
     'TimerHandle',
+    'WritePipeTransport',
     '__version__',
     'build_profile',
 ]
@@ -145,6 +147,9 @@ class SelectorTransport:
     def _sock(self) -> Any: ...
     @property
     def _sock_fd(self) -> int: ...
+    _pipe: Any
+    @property
+    def _fileno(self) -> int: ...
     @property
     def _protocol(self) -> Any: ...
     @property
@@ -200,6 +205,31 @@ class DatagramTransport(SelectorTransport):
     def sendto(self, data: Any, addr: Any = None) -> None: ...
     @property
     def _address(self) -> Any: ...
+
+@final
+class ReadPipeTransport(SelectorTransport):
+    """The native read pipe transport (asyncio's _UnixReadPipeTransport API)."""
+
+    @staticmethod
+    def _create(
+        event_loop: LoopCore, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> ReadPipeTransport: ...
+    def _read_ready(self) -> None: ...
+
+@final
+class WritePipeTransport(SelectorTransport):
+    """The native write pipe transport (asyncio's _UnixWritePipeTransport API)."""
+
+    @staticmethod
+    def _create(
+        event_loop: LoopCore, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> WritePipeTransport: ...
+    def _read_ready(self) -> None: ...
+    def _write_ready(self) -> None: ...
+    def write(self, data: Any) -> None: ...
+    def writelines(self, list_of_data: Any) -> None: ...
+    def write_eof(self) -> None: ...
+    def can_write_eof(self) -> bool: ...
 
 @final
 class SockWaiter:

@@ -18,6 +18,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::{Direction, LoopCore};
 use crate::errors::os_error;
+use crate::ffi::ReadCall;
 use crate::gil::{GilCell, GilRefCell};
 use crate::handles::Handle;
 
@@ -166,7 +167,7 @@ impl SockWaiter {
 
 /// `sock.recv(n)` without raising on "would block" (`Ok(None)`).
 fn recv_now(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyAny>>> {
-    match crate::ffi::recv_into_new_bytes(py, fd, n, libc::MSG_DONTWAIT) {
+    match crate::ffi::read_into_new_bytes(py, fd, n, ReadCall::Recv(libc::MSG_DONTWAIT)) {
         Ok(Some(data)) => Ok(Some(data)),
         Ok(None) => Ok(Some(PyBytes::new(py, b"").into_any())),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(None),

@@ -26,14 +26,19 @@ use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
 use crate::py;
 
+/// Chunks handed to one `writev`.
+const WRITEV_MAX: usize = 64;
+
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// Which asyncio class a transport stands for (its repr and warnings name it).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Socket,
     Datagram,
+    ReadPipe,
+    WritePipe,
 }
 
 impl Kind {
@@ -41,7 +46,15 @@ impl Kind {
         match self {
             Self::Socket => "_SelectorSocketTransport",
             Self::Datagram => "_SelectorDatagramTransport",
+            Self::ReadPipe => "_UnixReadPipeTransport",
+            Self::WritePipe => "_UnixWritePipeTransport",
         }
+    }
+
+    /// `unix_events`' pipe transports, which differ from the selector transports in
+    /// a few rules (noted where they apply).
+    pub(super) fn is_pipe(self) -> bool {
+        matches!(self, Self::ReadPipe | Self::WritePipe)
     }
 }
 
@@ -134,7 +147,31 @@ impl Transport {
         if !extra.contains("peername")? {
             extra.set_item("peername", sock_name(sock, "getpeername")?)?;
         }
-        Ok(Self {
+        Ok(Self::from_parts(kind, fd, sock, extra, server, address))
+    }
+
+    /// The pipe transports' `__init__` up to the checks their kinds make: the
+    /// `extra` dict gets `pipe`, and the pipe object takes the socket's place.
+    pub(super) fn new_pipe(
+        kind: Kind,
+        pipe: &Bound<'_, PyAny>,
+        fd: RawFd,
+        extra: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let extra = extra.unwrap_or_else(|| PyDict::new(pipe.py()));
+        extra.set_item("pipe", pipe)?;
+        Ok(Self::from_parts(kind, fd, pipe, extra, None, None))
+    }
+
+    fn from_parts(
+        kind: Kind,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+        extra: Bound<'_, PyDict>,
+        server: Option<&Bound<'_, PyAny>>,
+        address: Option<&Bound<'_, PyAny>>,
+    ) -> Self {
+        Self {
             event_loop: GilCell::new(None),
             sock: GilCell::new(Some(sock.clone().unbind())),
             fd,
@@ -160,18 +197,19 @@ impl Transport {
                 empty_waiter: None,
                 address: address.map(|a| a.clone().unbind()),
             }),
-        })
+        }
     }
 
     /// CPython: the rest of `_SelectorTransport.__init__`: set the protocol,
-    /// attach to the server, register in `loop._transports`. `read_ready` and
-    /// `write_ready` name the subclass's reader and writer callbacks.
+    /// attach to the server, register in `loop._transports` (sockets only: asyncio
+    /// does not register pipes there). `read_ready` and `write_ready` name the
+    /// subclass's reader and writer callbacks.
     pub(super) fn attach(
         slf: &Bound<'_, Self>,
         event_loop: &Bound<'_, LoopCore>,
         protocol: &Bound<'_, PyAny>,
         read_ready: &str,
-        write_ready: &str,
+        write_ready: Option<&str>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -183,10 +221,12 @@ impl Transport {
             this.read_ready
                 .replace(py, Some(slf.getattr(read_ready)?.unbind())),
         );
-        drop(
-            this.write_ready
-                .replace(py, Some(slf.getattr(write_ready)?.unbind())),
-        );
+        if let Some(write_ready) = write_ready {
+            drop(
+                this.write_ready
+                    .replace(py, Some(slf.getattr(write_ready)?.unbind())),
+            );
+        }
         slf.call_method1("set_protocol", (protocol,))?;
         let server = this
             .state
@@ -197,16 +237,19 @@ impl Transport {
         if let Some(server) = server {
             server.bind(py).call_method0("_attach")?;
         }
-        event_loop.getattr("_transports")?.set_item(this.fd, slf)?;
+        if !this.kind.is_pipe() {
+            event_loop.getattr("_transports")?.set_item(this.fd, slf)?;
+        }
         Ok(())
     }
 
-    /// CPython (both subclasses' `__init__`): `connection_made` first, then start
-    /// reading, then wake the waiter.
+    /// CPython (every transport's `__init__`): `connection_made` first, then start
+    /// reading (unless `read` is false), then wake the waiter.
     pub(super) fn schedule_connection_made(
         slf: &Bound<'_, Self>,
         protocol: &Bound<'_, PyAny>,
         waiter: Option<&Bound<'_, PyAny>>,
+        read: bool,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -219,19 +262,21 @@ impl Transport {
             PyTuple::new(py, [slf])?,
             None,
         )?;
-        let read_ready = this.read_ready.clone_ref(py);
-        LoopCore::call_soon(
-            &lp,
-            &slf.getattr("_add_reader")?,
-            PyTuple::new(
-                py,
-                [
-                    this.fd.into_pyobject(py)?.into_any().unbind(),
-                    read_ready.unwrap_or_else(|| py.None()),
-                ],
-            )?,
-            None,
-        )?;
+        if read {
+            let read_ready = this.read_ready.clone_ref(py);
+            LoopCore::call_soon(
+                &lp,
+                &slf.getattr("_add_reader")?,
+                PyTuple::new(
+                    py,
+                    [
+                        this.fd.into_pyobject(py)?.into_any().unbind(),
+                        read_ready.unwrap_or_else(|| py.None()),
+                    ],
+                )?,
+                None,
+            )?;
+        }
         if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
             LoopCore::call_soon(
                 &lp,
@@ -309,17 +354,34 @@ impl Transport {
             warn
         };
         if warn {
-            py::asyncio_logger(py)?
-                .call_method1("warning", ("socket.send() raised exception.",))?;
+            let message = if self.kind.is_pipe() {
+                "pipe closed by peer or os.write(pipe, data) raised exception."
+            } else {
+                "socket.send() raised exception."
+            };
+            py::asyncio_logger(py)?.call_method1("warning", (message,))?;
         }
         Ok(())
     }
 
-    /// CPython: `_SelectorTransport._fatal_error`.
+    /// Errors `_fatal_error` only logs in debug mode: `OSError`s, except for a read
+    /// pipe, where only `EIO` (a pty whose other side closed) is quiet.
+    fn is_quiet_error(&self, py: Python<'_>, exc: &PyErr) -> PyResult<bool> {
+        if !exc.is_instance_of::<PyOSError>(py) {
+            return Ok(false);
+        }
+        if self.kind != Kind::ReadPipe {
+            return Ok(true);
+        }
+        let errno = exc.value(py).getattr("errno")?;
+        Ok(!errno.is_none() && errno.extract::<i32>()? == libc::EIO)
+    }
+
+    /// CPython: `_SelectorTransport._fatal_error` (and the pipe transports').
     pub(super) fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if exc.is_instance_of::<PyOSError>(py) {
+        if this.is_quiet_error(py, &exc)? {
             if this.debug(py) {
                 let kwargs = PyDict::new(py);
                 kwargs.set_item("exc_info", exc.clone_ref(py).into_value(py))?;
@@ -340,13 +402,14 @@ impl Transport {
         Self::force_close(slf, Some(exc.into_value(py).into_any()))
     }
 
-    /// CPython: `_SelectorTransport._force_close`.
+    /// CPython: `_SelectorTransport._force_close` (a pipe's `_close`, which has no
+    /// `_conn_lost` guard: writes dropped while a closing pipe flushes count there).
     pub(super) fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (had_buffer, was_closing, dropped) = {
             let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 {
+            if st.conn_lost > 0 && !this.kind.is_pipe() {
                 return Ok(());
             }
             let dropped = std::mem::take(&mut st.buffer);
@@ -361,19 +424,69 @@ impl Transport {
         if had_buffer {
             this.unwatch(py, Direction::Write)?;
         }
-        if !was_closing {
+        // A pipe's `_close` always removes the reader (a closing write pipe still
+        // watches for its reader's close while it flushes).
+        if !was_closing || this.kind.is_pipe() {
             this.unwatch(py, Direction::Read)?;
         }
         this.schedule_connection_lost(slf, exc.unwrap_or_else(|| py.None()))
     }
 
-    fn schedule_connection_lost(&self, slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+    pub(super) fn schedule_connection_lost(
+        &self,
+        slf: &Bound<'_, Self>,
+        exc: Py<PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         if let Some(lp) = self.event_loop(py) {
             let callback = slf.getattr("_call_connection_lost")?;
             LoopCore::call_soon(&lp, &callback, PyTuple::new(py, [exc])?, None)?;
         }
         Ok(())
+    }
+
+    /// Sends from the buffer with `writev`; returns the bytes sent.
+    pub(super) fn send_buffer(&self, py: Python<'_>) -> std::io::Result<usize> {
+        let st = self.state.borrow_mut(py);
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(st.buffer.len().min(WRITEV_MAX));
+        for (i, chunk) in st.buffer.iter().take(WRITEV_MAX).enumerate() {
+            let bytes = chunk.data.bind(py).as_bytes();
+            let skip = if i == 0 { st.head_sent } else { 0 };
+            iov.push(libc::iovec {
+                iov_base: bytes[skip..].as_ptr().cast_mut().cast(),
+                iov_len: bytes.len() - skip,
+            });
+        }
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: every iovec points into a live `bytes` object kept alive by the
+        // buffer for the duration of the call (we hold the GIL and the borrow).
+        let n = unsafe { libc::writev(self.fd, iov.as_ptr(), count) };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// Drops `n` sent bytes from the front of the buffer, returning the finished
+    /// chunks (to be released outside the borrow).
+    pub(super) fn consume(&self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
+        let mut st = self.state.borrow_mut(py);
+        let mut done = Vec::new();
+        st.buffer_size -= n.min(st.buffer_size);
+        while n > 0 {
+            let Some(head) = st.buffer.front() else {
+                break;
+            };
+            let left = head.data.bind(py).as_bytes().len() - st.head_sent;
+            if n >= left {
+                n -= left;
+                st.head_sent = 0;
+                if let Some(chunk) = st.buffer.pop_front() {
+                    done.push(chunk);
+                }
+            } else {
+                st.head_sent += n;
+                n = 0;
+            }
+        }
+        done
     }
 
     /// Drops the buffered data (after a write error), returning it to be released
@@ -459,15 +572,29 @@ impl Transport {
             info.push("closing".to_owned());
         }
         info.push(format!("fd={}", self.fd));
-        if let Some(lp) = self.event_loop(py).filter(|l| !l.get().closed()) {
-            let core = lp.get();
-            let polling = |direction| {
-                if core.is_watching(py, self.fd, direction) {
-                    "polling"
-                } else {
-                    "idle"
-                }
+        let live_loop = self.event_loop(py).filter(|l| !l.get().closed());
+        let polling = |direction| match &live_loop {
+            Some(lp) if lp.get().is_watching(py, self.fd, direction) => "polling",
+            _ => "idle",
+        };
+        if self.kind.is_pipe() {
+            // unix_events: the pipe's direction only, and "open"/"closed" without a
+            // selector.
+            let direction = match self.kind {
+                Kind::ReadPipe => Direction::Read,
+                _ => Direction::Write,
             };
+            if !self.sock.is_some(py) {
+                info.push("closed".to_owned());
+            } else if live_loop.is_none() {
+                info.push("open".to_owned());
+            } else {
+                info.push(polling(direction).to_owned());
+                if self.kind == Kind::WritePipe {
+                    info.push(format!("bufsize={}", self.get_write_buffer_size(py)));
+                }
+            }
+        } else if live_loop.is_some() {
             info.push(format!("read={}", polling(Direction::Read)));
             info.push(format!(
                 "write=<{}, bufsize={}>",
@@ -686,6 +813,25 @@ impl Transport {
 
     #[getter]
     fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The pipe transports' name for `_sock`.
+    #[getter]
+    fn _pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.sock.clone_ref(py)
+    }
+
+    /// Setting `None` detaches the pipe: no warning and no close at collection
+    /// (CPython's tests do this to a transport left open on purpose).
+    #[setter(_pipe)]
+    fn set_pipe(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
+        drop(self.sock.replace(py, pipe));
+    }
+
+    /// The pipe transports' name for `_sock_fd`.
+    #[getter]
+    fn _fileno(&self) -> RawFd {
         self.fd
     }
 

@@ -288,8 +288,14 @@ impl DatagramTransport {
         };
         let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(this))?;
         let base = transport.as_super();
-        Transport::attach(base, event_loop, protocol, "_read_ready", "_sendto_ready")?;
-        Transport::schedule_connection_made(base, protocol, waiter)?;
+        Transport::attach(
+            base,
+            event_loop,
+            protocol,
+            "_read_ready",
+            Some("_sendto_ready"),
+        )?;
+        Transport::schedule_connection_made(base, protocol, waiter, true)?;
         Ok(transport)
     }
 

@@ -8,6 +8,7 @@
 
 pub mod base;
 pub mod datagram;
+pub mod pipe;
 pub mod stream;
 
 use std::cell::RefCell;

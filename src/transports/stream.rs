@@ -19,10 +19,8 @@ use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
+use crate::ffi::ReadCall;
 use crate::py;
-
-/// Chunks handed to one `writev`.
-const WRITEV_MAX: usize = 64;
 
 #[pyclass(extends = Transport, frozen, module = "oxloop._oxloop", name = "SocketTransport")]
 pub struct StreamTransport;
@@ -99,50 +97,6 @@ impl StreamTransport {
         }
     }
 
-    /// Sends from the buffer with `writev`; returns the bytes sent.
-    fn send_buffer(this: &Transport, py: Python<'_>) -> std::io::Result<usize> {
-        let st = this.state.borrow_mut(py);
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(st.buffer.len().min(WRITEV_MAX));
-        for (i, chunk) in st.buffer.iter().take(WRITEV_MAX).enumerate() {
-            let bytes = chunk.data.bind(py).as_bytes();
-            let skip = if i == 0 { st.head_sent } else { 0 };
-            iov.push(libc::iovec {
-                iov_base: bytes[skip..].as_ptr().cast_mut().cast(),
-                iov_len: bytes.len() - skip,
-            });
-        }
-        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: every iovec points into a live `bytes` object kept alive by the
-        // buffer for the duration of the call (we hold the GIL and the borrow).
-        let n = unsafe { libc::writev(this.fd, iov.as_ptr(), count) };
-        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
-    }
-
-    /// Drops `n` sent bytes from the front of the buffer, returning the finished
-    /// chunks (to be released outside the borrow).
-    fn consume(this: &Transport, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
-        let mut st = this.state.borrow_mut(py);
-        let mut done = Vec::new();
-        st.buffer_size -= n.min(st.buffer_size);
-        while n > 0 {
-            let Some(head) = st.buffer.front() else {
-                break;
-            };
-            let left = head.data.bind(py).as_bytes().len() - st.head_sent;
-            if n >= left {
-                n -= left;
-                st.head_sent = 0;
-                if let Some(chunk) = st.buffer.pop_front() {
-                    done.push(chunk);
-                }
-            } else {
-                st.head_sent += n;
-                n = 0;
-            }
-        }
-        done
-    }
-
     fn shutdown_write(this: &Transport) -> PyResult<()> {
         // SAFETY: plain syscall on our fd.
         if unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } < 0 {
@@ -189,9 +143,15 @@ impl StreamTransport {
         let base = Transport::new(Kind::Socket, sock, extra, server, None)?;
         let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
         let base = transport.as_super();
-        Transport::attach(base, event_loop, protocol, "_read_ready", "_write_ready")?;
+        Transport::attach(
+            base,
+            event_loop,
+            protocol,
+            "_read_ready",
+            Some("_write_ready"),
+        )?;
         py::set_nodelay(py)?.call1((sock,))?;
-        Transport::schedule_connection_made(base, protocol, waiter)?;
+        Transport::schedule_connection_made(base, protocol, waiter, true)?;
         Ok(transport)
     }
 
@@ -219,7 +179,7 @@ impl StreamTransport {
         // Straight into a fresh `bytes`, as socket.recv does: one copy less than a
         // shared buffer, measured 0.5x -> ~1.0x uvloop on 100 KiB echo (benches/net.py);
         // a scratch buffer + copy for small reads measured no better at 1 KiB.
-        match crate::ffi::recv_into_new_bytes(py, this.fd, MAX_SIZE, 0) {
+        match crate::ffi::read_into_new_bytes(py, this.fd, MAX_SIZE, ReadCall::Recv(0)) {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on socket transport")
@@ -322,7 +282,7 @@ impl StreamTransport {
                 return this.unwatch(py, Direction::Write);
             }
         }
-        match Self::send_buffer(this, py) {
+        match this.send_buffer(py) {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 this.unwatch(py, Direction::Write)?;
@@ -347,7 +307,7 @@ impl StreamTransport {
                 Ok(())
             }
             Ok(n) => {
-                drop(Self::consume(this, py, n));
+                drop(this.consume(py, n));
                 Transport::maybe_resume_protocol(base)?; // may append to the buffer
                 let (empty, waiter, closing, eof) = {
                     let st = this.state.borrow_mut(py);

@@ -1,0 +1,356 @@
+//! The native pipe transports: `connect_read_pipe` and `connect_write_pipe` (pipes,
+//! FIFOs, character devices such as ptys, and sockets), and so a subprocess's stdio.
+//!
+//! Mirror `Lib/asyncio/unix_events.py::_UnixReadPipeTransport` and
+//! `_UnixWritePipeTransport` (CPython 3.11). They share the selector transports'
+//! base (`base.rs`), whose kind-specific rules cover where asyncio's pipe classes
+//! differ: `extra` holds `pipe`, the pipes are not in `loop._transports`, a read
+//! pipe reports `OSError`s other than `EIO` to the exception handler, `_close` has no
+//! `_conn_lost` guard, and the reprs and the dropped-write warning read differently.
+//!
+//! They have a `__dict__`, as asyncio's Python classes do: CPython's subprocess tests
+//! (and users) replace their methods on the instance.
+//!
+//! What differs from the stream transport, as in asyncio: a read pipe's end of file
+//! schedules `eof_received` (its result ignored) and then `connection_lost`; an
+//! exception from `data_received` is not caught here (it reaches the exception
+//! handler as the callback's); a write pipe has no half-close, `write_eof()` closes
+//! once the buffer is flushed; it watches its fd for reading to notice that the
+//! reader went away (`connection_lost(BrokenPipeError())` when data was pending).
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+
+use super::base::{is_retry, Chunk, Kind, Transport};
+use super::MAX_SIZE;
+use crate::errors::os_error;
+use crate::event_loop::{Direction, LoopCore};
+use crate::ffi::ReadCall;
+use crate::py;
+
+/// The file type of `fd` (`os.fstat(fd).st_mode & S_IFMT`).
+fn file_type(fd: RawFd) -> PyResult<libc::mode_t> {
+    // SAFETY: `stat` is plain data, fully written by a successful fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    if unsafe { libc::fstat(fd, &raw mut st) } < 0 {
+        return Err(os_error(&std::io::Error::last_os_error()));
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// `os.set_blocking(fd, False)`.
+fn set_non_blocking(fd: RawFd) -> PyResult<()> {
+    // SAFETY: plain fcntl calls on a descriptor we were given.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(os_error(&std::io::Error::last_os_error()))
+    }
+}
+
+/// `pipe.fileno()`, its file type checked as the pipe transports check it, and the
+/// fd made non-blocking (before the transport exists: a refused pipe is left open
+/// and unwarned, as asyncio leaves it).
+fn checked_fd(
+    pipe: &Bound<'_, PyAny>,
+    allowed: &[libc::mode_t],
+    message: &str,
+) -> PyResult<(RawFd, libc::mode_t)> {
+    let fd: RawFd = pipe.call_method0("fileno")?.extract()?;
+    let kind = file_type(fd)?;
+    if !allowed.contains(&kind) {
+        return Err(PyValueError::new_err(message.to_owned()));
+    }
+    set_non_blocking(fd)?;
+    Ok((fd, kind))
+}
+
+fn log_closed_by_peer(slf: &Bound<'_, Transport>) -> PyResult<()> {
+    let py = slf.py();
+    if slf.get().debug(py) {
+        py::asyncio_logger(py)?.call_method1("info", ("%r was closed by peer", slf))?;
+    }
+    Ok(())
+}
+
+#[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "ReadPipeTransport")]
+pub struct ReadPipeTransport;
+
+#[pymethods]
+impl ReadPipeTransport {
+    /// `_UnixReadPipeTransport(loop, pipe, protocol, waiter, extra)`.
+    #[staticmethod]
+    #[pyo3(signature = (event_loop, pipe, protocol, waiter=None, extra=None))]
+    fn _create<'py>(
+        event_loop: &Bound<'py, LoopCore>,
+        pipe: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        waiter: Option<&Bound<'py, PyAny>>,
+        extra: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let py = event_loop.py();
+        let (fd, _) = checked_fd(
+            pipe,
+            &[libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR],
+            "Pipe transport is for pipes/sockets only.",
+        )?;
+        let base = Transport::new_pipe(Kind::ReadPipe, pipe, fd, extra)?;
+        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
+        let base = transport.as_super();
+        Transport::attach(base, event_loop, protocol, "_read_ready", None)?;
+        Transport::schedule_connection_made(base, protocol, waiter, true)?;
+        Ok(transport)
+    }
+
+    /// The reader callback: `os.read(fd, max_size)`, then `data_received` or the
+    /// end of file.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        match crate::ffi::read_into_new_bytes(py, this.fd, MAX_SIZE, ReadCall::Read) {
+            Err(e) if is_retry(&e) => Ok(()),
+            Err(e) => {
+                Transport::fatal_error(base, os_error(&e), "Fatal read error on pipe transport")
+            }
+            Ok(Some(data)) => match this.protocol(py) {
+                // Not caught: asyncio lets it reach the exception handler.
+                Some(protocol) => protocol
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "data_received"), (data,))
+                    .map(drop),
+                None => Ok(()),
+            },
+            Ok(None) => {
+                log_closed_by_peer(base)?;
+                let protocol = {
+                    let mut st = this.state.borrow_mut(py);
+                    st.closing = true;
+                    st.protocol.as_ref().map(|p| p.clone_ref(py))
+                };
+                this.unwatch(py, Direction::Read)?;
+                if let (Some(lp), Some(protocol)) = (this.event_loop(py), protocol) {
+                    let eof_received = protocol.bind(py).getattr("eof_received")?;
+                    LoopCore::call_soon(&lp, &eof_received, PyTuple::empty(py), None)?;
+                }
+                this.schedule_connection_lost(base, py.None())
+            }
+        }
+    }
+
+    /// `asyncio.unix_events._UnixReadPipeTransport`, so that
+    /// `isinstance(transport, asyncio.ReadTransport)` holds.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
+        py::unix_read_pipe_transport(py)
+    }
+}
+
+#[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "WritePipeTransport")]
+pub struct WritePipeTransport;
+
+impl WritePipeTransport {
+    /// The data as an immutable `bytes` (a `bytearray` or `memoryview` is copied:
+    /// it could change after `write()` returns, and asyncio's buffer copies too).
+    fn bytes_of<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            return Ok(bytes.clone());
+        }
+        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            return Ok(data
+                .py()
+                .get_type::<PyBytes>()
+                .call1((data,))?
+                .cast_into::<PyBytes>()?);
+        }
+        // asyncio: `assert isinstance(data, (bytes, bytearray, memoryview)), repr(data)`.
+        Err(PyAssertionError::new_err(data.repr()?.unbind()))
+    }
+
+    /// CPython: `write_eof`, which is also what `close()` does.
+    fn close_after_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            st.buffer.is_empty()
+        };
+        if empty {
+            this.unwatch(py, Direction::Read)?;
+            this.schedule_connection_lost(base, py.None())?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl WritePipeTransport {
+    /// `_UnixWritePipeTransport(loop, pipe, protocol, waiter, extra)`.
+    #[staticmethod]
+    #[pyo3(signature = (event_loop, pipe, protocol, waiter=None, extra=None))]
+    fn _create<'py>(
+        event_loop: &Bound<'py, LoopCore>,
+        pipe: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        waiter: Option<&Bound<'py, PyAny>>,
+        extra: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let py = event_loop.py();
+        let (fd, file_type) = checked_fd(
+            pipe,
+            &[libc::S_IFCHR, libc::S_IFIFO, libc::S_IFSOCK],
+            "Pipe transport is only for pipes, sockets and character devices",
+        )?;
+        let base = Transport::new_pipe(Kind::WritePipe, pipe, fd, extra)?;
+        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
+        let base = transport.as_super();
+        Transport::attach(
+            base,
+            event_loop,
+            protocol,
+            "_read_ready",
+            Some("_write_ready"),
+        )?;
+        // Readable means the reader went away; a character device never says so.
+        let watch_reader = file_type != libc::S_IFCHR;
+        Transport::schedule_connection_made(base, protocol, waiter, watch_reader)?;
+        Ok(transport)
+    }
+
+    /// The reader callback: the pipe's reader closed its end.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        log_closed_by_peer(base)?;
+        let pending = !base.get().state.borrow_mut(py).buffer.is_empty();
+        let exc = if pending {
+            Some(PyBrokenPipeError::new_err(()).into_value(py).into_any())
+        } else {
+            None
+        };
+        Transport::force_close(base, exc)
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        let bytes = Self::bytes_of(data)?;
+        let raw = bytes.as_bytes();
+        if raw.is_empty() {
+            return Ok(());
+        }
+        let buffered = {
+            let st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 || st.closing {
+                drop(st);
+                return this.count_write_after_lost(py);
+            }
+            !st.buffer.is_empty()
+        };
+        let mut sent = 0;
+        if !buffered {
+            // SAFETY: `raw` is the live content of `bytes`, which we hold.
+            let n = unsafe { libc::write(this.fd, raw.as_ptr().cast(), raw.len()) };
+            match usize::try_from(n) {
+                Ok(n) if n == raw.len() => return Ok(()),
+                Ok(n) => sent = n,
+                Err(_) => {
+                    let err = std::io::Error::last_os_error();
+                    if !is_retry(&err) {
+                        return Transport::fatal_error(
+                            base,
+                            os_error(&err),
+                            "Fatal write error on pipe transport",
+                        );
+                    }
+                }
+            }
+            this.watch(py, Direction::Write)?;
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.buffer_size += raw.len() - sent;
+            if st.buffer.is_empty() {
+                st.head_sent = sent;
+            }
+            st.buffer.push_back(Chunk {
+                data: bytes.clone().unbind(),
+                addr: None,
+            });
+        }
+        Transport::maybe_pause_protocol(base)
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    /// The writer callback: flushes the buffer (CPython `_write_ready`).
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let this = base.get();
+        if this.state.borrow_mut(py).buffer.is_empty() {
+            return this.unwatch(py, Direction::Write);
+        }
+        match this.send_buffer(py) {
+            Err(e) if is_retry(&e) => Ok(()),
+            Err(e) => {
+                drop(this.take_buffer(py));
+                this.unwatch(py, Direction::Write)?;
+                Transport::fatal_error(base, os_error(&e), "Fatal write error on pipe transport")
+            }
+            Ok(n) => {
+                drop(this.consume(py, n));
+                if !this.state.borrow_mut(py).buffer.is_empty() {
+                    return Ok(());
+                }
+                this.unwatch(py, Direction::Write)?;
+                Transport::maybe_resume_protocol(base)?; // may append to the buffer
+                if this.is_closing(py) {
+                    this.unwatch(py, Direction::Read)?;
+                    Transport::_call_connection_lost(base, None)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// No half-close for a pipe: closes once the buffer is flushed.
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_after_flush(slf)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if !slf.as_super().get().sock.is_some(slf.py()) {
+            return Ok(());
+        }
+        Self::close_after_flush(slf)
+    }
+
+    /// `asyncio.unix_events._UnixWritePipeTransport`, so that
+    /// `isinstance(transport, asyncio.WriteTransport)` holds.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
+        py::unix_write_pipe_transport(py)
+    }
+}
