@@ -57,15 +57,22 @@ test-python: build-prod ## pytest: behaviour tests on oxloop and asyncio, then C
 test: test-rust build-prod lint test-python ## everything CI runs
 
 .PHONY: tools
-tools: ## Debian tools the network benchmarks use (wrk), installed when missing
+tools: ## Debian tools the benchmarks use (wrk, valgrind), installed when missing
 	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null) || \
 		echo "wrk could not be installed: the HTTP benchmark will be skipped"; }
+	@command -v valgrind >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq valgrind >/dev/null) || \
+		echo "valgrind could not be installed: bench-instructions will not run"; }
 
 .PHONY: bench
 bench: build-prod tools ## the side-by-side suites: micro (loop primitives) and net (servers under load)
 	$(PY) benches/micro.py
 	$(PY) benches/net.py
+
+.PHONY: bench-instructions
+bench-instructions: build-prod tools ## instructions per request of each network server under callgrind, loop by loop
+	$(PY) benches/instructions.py
 
 .PHONY: demo
 demo: build-prod tools ## the main job: servers under load on oxloop, uvloop and the stdlib loop, side by side

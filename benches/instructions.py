@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         net.stop_all()
         shutil.rmtree(tmpdir, ignore_errors=True)
     print()
-    for line in net.render(header, rows, split=len(header)):
+    for line in net.render(header, rows, split=1 + len(names)):
         print('  ' + line)
     print('\nuv/X: uvloop Ir per request over X Ir per request (>1: X executes fewer instructions than uvloop).')
     return 0

@@ -19,9 +19,10 @@ use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
 use crate::py;
@@ -487,6 +488,71 @@ impl Transport {
             }
         }
         done
+    }
+
+    /// `data` as an immutable `bytes`: a `bytearray` or `memoryview` is copied (it
+    /// could change after `write()` returns; asyncio's buffers copy it too). `None`
+    /// for anything else, which each kind refuses with asyncio's own error.
+    #[inline(always)]
+    pub(super) fn immutable_bytes<'py>(
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            return Ok(Some(bytes.clone()));
+        }
+        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            let copy = data.py().get_type::<PyBytes>().call1((data,))?;
+            return Ok(Some(copy.cast_into::<PyBytes>()?));
+        }
+        Ok(None)
+    }
+
+    /// A stream's or write pipe's `write` once its checks passed: with data already
+    /// `buffered`, append behind it; otherwise send at once (`send` on a socket,
+    /// `write` on a pipe), and buffer only what the kernel did not take, watching
+    /// for writability. A failed send is fatal with `message`.
+    #[inline(always)]
+    pub(super) fn send_or_buffer(
+        slf: &Bound<'_, Self>,
+        bytes: &Bound<'_, PyBytes>,
+        buffered: bool,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let raw = bytes.as_bytes();
+        let mut sent = 0;
+        if !buffered {
+            // SAFETY: `raw` is the live content of `bytes`, which we hold.
+            let n = unsafe {
+                if this.kind.is_pipe() {
+                    libc::write(this.fd, raw.as_ptr().cast(), raw.len())
+                } else {
+                    libc::send(this.fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL)
+                }
+            };
+            match usize::try_from(n) {
+                Ok(n) if n == raw.len() => return Ok(()),
+                Ok(n) => sent = n,
+                Err(_) => {
+                    let err = std::io::Error::last_os_error();
+                    if !is_retry(&err) {
+                        return Self::fatal_error(slf, os_error(&err), message);
+                    }
+                }
+            }
+            this.watch(py, Direction::Write)?;
+            this.state.borrow_mut(py).head_sent = sent;
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.buffer_size += raw.len() - sent;
+            st.buffer.push_back(Chunk {
+                data: bytes.clone().unbind(),
+                addr: None,
+            });
+        }
+        Self::maybe_pause_protocol(slf)
     }
 
     /// Drops the buffered data (after a write error), returning it to be released

@@ -22,9 +22,9 @@ use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::base::{is_retry, Chunk, Kind, Transport};
+use super::base::{is_retry, Kind, Transport};
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
@@ -158,23 +158,6 @@ impl ReadPipeTransport {
 pub struct WritePipeTransport;
 
 impl WritePipeTransport {
-    /// The data as an immutable `bytes` (a `bytearray` or `memoryview` is copied:
-    /// it could change after `write()` returns, and asyncio's buffer copies too).
-    fn bytes_of<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        if let Ok(bytes) = data.cast::<PyBytes>() {
-            return Ok(bytes.clone());
-        }
-        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            return Ok(data
-                .py()
-                .get_type::<PyBytes>()
-                .call1((data,))?
-                .cast_into::<PyBytes>()?);
-        }
-        // asyncio: `assert isinstance(data, (bytes, bytearray, memoryview)), repr(data)`.
-        Err(PyAssertionError::new_err(data.repr()?.unbind()))
-    }
-
     /// CPython: `write_eof`, which is also what `close()` does.
     fn close_after_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -248,9 +231,11 @@ impl WritePipeTransport {
         let py = slf.py();
         let base = slf.as_super();
         let this = base.get();
-        let bytes = Self::bytes_of(data)?;
-        let raw = bytes.as_bytes();
-        if raw.is_empty() {
+        let Some(bytes) = Transport::immutable_bytes(data)? else {
+            // asyncio: `assert isinstance(data, (bytes, bytearray, memoryview)), repr(data)`.
+            return Err(PyAssertionError::new_err(data.repr()?.unbind()));
+        };
+        if bytes.as_bytes().is_empty() {
             return Ok(());
         }
         let buffered = {
@@ -261,38 +246,12 @@ impl WritePipeTransport {
             }
             !st.buffer.is_empty()
         };
-        let mut sent = 0;
-        if !buffered {
-            // SAFETY: `raw` is the live content of `bytes`, which we hold.
-            let n = unsafe { libc::write(this.fd, raw.as_ptr().cast(), raw.len()) };
-            match usize::try_from(n) {
-                Ok(n) if n == raw.len() => return Ok(()),
-                Ok(n) => sent = n,
-                Err(_) => {
-                    let err = std::io::Error::last_os_error();
-                    if !is_retry(&err) {
-                        return Transport::fatal_error(
-                            base,
-                            os_error(&err),
-                            "Fatal write error on pipe transport",
-                        );
-                    }
-                }
-            }
-            this.watch(py, Direction::Write)?;
-        }
-        {
-            let mut st = this.state.borrow_mut(py);
-            st.buffer_size += raw.len() - sent;
-            if st.buffer.is_empty() {
-                st.head_sent = sent;
-            }
-            st.buffer.push_back(Chunk {
-                data: bytes.clone().unbind(),
-                addr: None,
-            });
-        }
-        Transport::maybe_pause_protocol(base)
+        Transport::send_or_buffer(
+            base,
+            &bytes,
+            buffered,
+            "Fatal write error on pipe transport",
+        )
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {

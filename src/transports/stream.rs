@@ -13,9 +13,9 @@
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyBytes, PyDict};
 
-use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
+use super::base::{is_exit, is_retry, Kind, Transport};
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
@@ -104,25 +104,6 @@ impl StreamTransport {
         }
         Ok(())
     }
-
-    fn bytes_of<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        if let Ok(bytes) = data.cast::<PyBytes>() {
-            return Ok(bytes.clone());
-        }
-        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            // A mutable buffer can change after write() returns: keep a copy, as
-            // asyncio's bytearray buffer does.
-            return Ok(data
-                .py()
-                .get_type::<PyBytes>()
-                .call1((data,))?
-                .cast_into::<PyBytes>()?);
-        }
-        Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not {}",
-            data.get_type().name()?.repr()?
-        )))
-    }
 }
 
 #[pymethods]
@@ -204,9 +185,14 @@ impl StreamTransport {
         let py = slf.py();
         let base = slf.as_super();
         let this = base.get();
-        let bytes = Self::bytes_of(data)?;
-        {
-            let mut st = this.state.borrow_mut(py);
+        let Some(bytes) = Transport::immutable_bytes(data)? else {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        };
+        let buffered = {
+            let st = this.state.borrow_mut(py);
             if st.eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
@@ -224,47 +210,14 @@ impl StreamTransport {
                 drop(st);
                 return this.count_write_after_lost(py);
             }
-            if !st.buffer.is_empty() {
-                st.buffer_size += bytes.as_bytes().len();
-                st.buffer.push_back(Chunk {
-                    data: bytes.unbind(),
-                    addr: None,
-                });
-                drop(st);
-                return Transport::maybe_pause_protocol(base);
-            }
-        }
-        // Nothing buffered: try to send now.
-        let raw = bytes.as_bytes();
-        // SAFETY: `raw` is the live content of `bytes`, which we hold.
-        let n = unsafe { libc::send(this.fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL) };
-        let sent = match usize::try_from(n) {
-            Ok(sent) if sent == raw.len() => return Ok(()),
-            Ok(sent) => sent,
-            Err(_) => {
-                let err = std::io::Error::last_os_error();
-                if !is_retry(&err) {
-                    return Transport::fatal_error(
-                        base,
-                        os_error(&err),
-                        "Fatal write error on socket transport",
-                    );
-                }
-                0
-            }
+            !st.buffer.is_empty()
         };
-        // Not all was written: register the writer and buffer the rest.
-        this.watch(py, Direction::Write)?;
-        {
-            let mut st = this.state.borrow_mut(py);
-            st.buffer_size += raw.len() - sent;
-            st.head_sent = sent;
-            st.buffer.push_back(Chunk {
-                data: bytes.clone().unbind(),
-                addr: None,
-            });
-        }
-        Transport::maybe_pause_protocol(base)
+        Transport::send_or_buffer(
+            base,
+            &bytes,
+            buffered,
+            "Fatal write error on socket transport",
+        )
     }
 
     /// The writer callback: flushes the buffer (CPython `_write_ready`).
