@@ -1,6 +1,10 @@
-//! The only raw `pyo3::ffi` calls of the crate: running a callback inside a
-//! `contextvars.Context` without going through `Context.run`.
+//! The crate's raw `pyo3::ffi` calls: running a callback inside a
+//! `contextvars.Context` without going through `Context.run`, signals, and reading
+//! straight into a fresh `bytes`.
 
+use std::cell::Cell;
+
+use oxloop_core::buffers::is_slow_copy_start;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -62,6 +66,65 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
 }
 
+/// A new, uninitialised `bytes` of `size`, or NULL (the exception cleared).
+fn new_uninit_bytes(size: usize) -> *mut ffi::PyObject {
+    let size = ffi::Py_ssize_t::try_from(size).unwrap_or(ffi::Py_ssize_t::MAX);
+    // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
+    let obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    if obj.is_null() {
+        // SAFETY: an exception (MemoryError) is set.
+        unsafe { ffi::PyErr_Clear() };
+    }
+    obj
+}
+
+/// Reads of this size or more check where their buffer starts.
+const ALIGN_CHECK_MIN: usize = 16 * 1024;
+
+thread_local! {
+    /// A sliver of a `bytes` whose data started in a slow spot, kept allocated so the
+    /// allocator hands out other addresses (see [`new_read_bytes`]).
+    static PLUG: Cell<*mut ffi::PyObject> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+fn data_start(obj: *mut ffi::PyObject) -> usize {
+    // SAFETY: `obj` is a live bytes object.
+    unsafe { ffi::PyBytes_AsString(obj) as usize }
+}
+
+/// A fresh `bytes` of `size` to read into, whose data does not start in a spot the
+/// kernel copies into slowly (`oxloop_core::buffers`). When the allocator offers
+/// one, take another while holding it, and keep a sliver of the slow one allocated
+/// (shrunk in place) so that later reads land elsewhere too. NULL on failure.
+fn new_read_bytes(size: usize) -> *mut ffi::PyObject {
+    let obj = new_uninit_bytes(size);
+    if obj.is_null() || size < ALIGN_CHECK_MIN || !is_slow_copy_start(data_start(obj)) {
+        return obj;
+    }
+    let other = new_uninit_bytes(size);
+    if other.is_null() {
+        return obj;
+    }
+    if is_slow_copy_start(data_start(other)) {
+        // SAFETY: we own the only reference.
+        unsafe { ffi::Py_DECREF(other) };
+        return obj;
+    }
+    let mut plug = obj;
+    // SAFETY: shrinking our own unshared bytes; on failure CPython frees it and
+    // sets `plug` to NULL.
+    if unsafe { _PyBytes_Resize(&raw mut plug, 1) } < 0 {
+        // SAFETY: an exception (MemoryError) is set.
+        unsafe { ffi::PyErr_Clear() };
+    }
+    let old = PLUG.replace(plug);
+    if !old.is_null() {
+        // SAFETY: the previous plug, owned by PLUG alone; we hold the GIL.
+        unsafe { ffi::Py_DECREF(old) };
+    }
+    other
+}
+
 /// How [`read_into_new_bytes`] reads: `recv` with flags (sockets) or `read`
 /// (pipes, ttys: `recv` fails on anything but a socket).
 #[derive(Clone, Copy)]
@@ -79,12 +142,8 @@ pub fn read_into_new_bytes(
     max: usize,
     how: ReadCall,
 ) -> std::io::Result<Option<Bound<'_, PyAny>>> {
-    let size = ffi::Py_ssize_t::try_from(max).unwrap_or(ffi::Py_ssize_t::MAX);
-    // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
-    let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), size) };
+    let mut obj = new_read_bytes(max);
     if obj.is_null() {
-        // SAFETY: an exception (MemoryError) is set.
-        unsafe { ffi::PyErr_Clear() };
         return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.

@@ -13,23 +13,23 @@ pub mod stream;
 
 use std::cell::RefCell;
 
+use oxloop_core::buffers::PageBuf;
+
 /// CPython: `_SelectorTransport.max_size`, the most one read returns.
 pub(crate) const MAX_SIZE: usize = 256 * 1024;
 
 thread_local! {
     /// Where datagrams land before they are copied into their `bytes` (a datagram
     /// is small; a fresh `MAX_SIZE` bytes per read would cost a large malloc and
-    /// a shrinking realloc).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// a shrinking realloc). Page-aligned: see `oxloop_core::buffers`.
+    static SCRATCH: RefCell<Option<PageBuf>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` on this thread's `MAX_SIZE` scratch buffer. `f` must not call into
 /// Python code (the buffer is borrowed for its duration).
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with_borrow_mut(|buf| {
-        if buf.len() < MAX_SIZE {
-            buf.resize(MAX_SIZE, 0);
-        }
-        f(buf)
+        let buf = buf.get_or_insert_with(|| PageBuf::new(MAX_SIZE));
+        f(&mut buf.as_mut_slice()[..MAX_SIZE])
     })
 }

@@ -4,10 +4,12 @@
 //! [`poller::Poller`] (epoll), the [`waker::Waker`] (eventfd) that wakes a blocked
 //! poll, the [`timers::TimerHeap`] ordered by `(when, insertion)` with asyncio's lazy
 //! cancellation, the fd [`registry::Registry`] whose generation tokens reject stale
-//! events, and the monotonic [`clock`]. The PyO3 layer (`src/` at the workspace root)
-//! owns the Python objects and drives these pieces.
+//! events, the monotonic [`clock`], and where a read buffer may start
+//! ([`buffers`]). The PyO3 layer (`src/` at the workspace root) owns the Python
+//! objects and drives these pieces.
 #![warn(missing_docs)]
 
+pub mod buffers;
 pub mod clock;
 pub mod poller;
 pub mod registry;
