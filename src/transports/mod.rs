@@ -30,6 +30,6 @@ thread_local! {
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with_borrow_mut(|buf| {
         let buf = buf.get_or_insert_with(|| PageBuf::new(MAX_SIZE));
-        f(&mut buf.as_mut_slice()[..MAX_SIZE])
+        f(buf)
     })
 }

@@ -22,26 +22,42 @@ pub fn is_slow_copy_start(addr: usize) -> bool {
     offset != 0 && !(SLOW_EDGE..=PAGE_SIZE - SLOW_EDGE).contains(&offset)
 }
 
-/// A zeroed, page-aligned byte buffer (a `Vec<u8>` this large is an `mmap` whose
-/// data starts 16 bytes into a page: a slow spot).
-pub struct PageBuf(Box<[Page]>);
+/// A zeroed byte buffer that starts on a page boundary (a `Vec<u8>` starts wherever
+/// the allocator puts it, and one of 128 KiB or more is an `mmap` whose data starts
+/// 16 bytes into a page: a slow spot). Dereferences to its `len` bytes.
+pub struct PageBuf {
+    pages: Box<[Page]>,
+    len: usize,
+}
 
 #[repr(C, align(4096))]
 #[derive(Clone, Copy)]
 struct Page([u8; PAGE_SIZE]);
 
 impl PageBuf {
-    /// A buffer of at least `len` bytes (whole pages).
+    /// A buffer of `len` zero bytes.
     pub fn new(len: usize) -> Self {
-        Self(vec![Page([0; PAGE_SIZE]); len.div_ceil(PAGE_SIZE)].into_boxed_slice())
+        Self {
+            pages: vec![Page([0; PAGE_SIZE]); len.div_ceil(PAGE_SIZE)].into_boxed_slice(),
+            len,
+        }
     }
+}
 
-    /// The buffer's bytes.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.0.len() * PAGE_SIZE;
-        // SAFETY: `Page` is a plain byte array with no padding, so the boxed slice is
-        // `len` contiguous, initialised bytes, borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+impl std::ops::Deref for PageBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `Page` is a plain byte array with no padding, so the pages are at
+        // least `len` contiguous, initialised bytes, borrowed through `self`.
+        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), self.len) }
     }
 }
 
@@ -64,11 +80,13 @@ mod tests {
     }
 
     #[test]
-    fn page_buf_is_page_aligned_and_whole_pages() {
+    fn page_buf_is_page_aligned_zeroed_and_exactly_len() {
         let mut buf = PageBuf::new(PAGE_SIZE + 1);
-        let bytes = buf.as_mut_slice();
-        assert_eq!(bytes.len(), 2 * PAGE_SIZE);
-        assert_eq!(bytes.as_ptr() as usize % PAGE_SIZE, 0);
-        assert!(bytes.iter().all(|&b| b == 0));
+        assert_eq!(buf.len(), PAGE_SIZE + 1);
+        assert_eq!(buf.as_ptr() as usize % PAGE_SIZE, 0);
+        assert!(buf.iter().all(|&b| b == 0));
+        buf[PAGE_SIZE] = 7;
+        assert_eq!(buf[PAGE_SIZE], 7);
+        assert!(PageBuf::new(0).is_empty());
     }
 }

@@ -26,6 +26,8 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use oxloop_core::buffers::PageBuf;
+
 const USAGE: &str = "\
 usage: oxloop-loadgen --mode tcp|unix|udp --addr HOST:PORT|PATH [options]
 
@@ -392,8 +394,8 @@ fn prime(cfg: &Config) -> Result<(), String> {
 struct Conn {
     sock: Sock,
     id: u32,
-    msg: Vec<u8>,
-    buf: Vec<u8>,
+    msg: PageBuf,
+    buf: PageBuf,
     sent: usize,
     recvd: usize,
     seq: u64,
@@ -543,7 +545,7 @@ impl Run {
         if conn.seq % verify_every == 0 && got != &conn.msg[..] {
             let at = got
                 .iter()
-                .zip(&conn.msg)
+                .zip(conn.msg.iter())
                 .position(|(a, b)| a != b)
                 .unwrap_or(0);
             return Err(format!(
@@ -738,12 +740,17 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
             i as u64,
         )
         .map_err(|e| format!("epoll_ctl: {e}"))?;
-        let msg: Vec<u8> = (0..cfg.size).map(|j| pattern_byte(id, j)).collect();
+        // Page-aligned, as every server's buffers should be (oxloop_core::buffers):
+        // the kernel's copies out of and into them are then never in a slow spot.
+        let mut msg = PageBuf::new(cfg.size);
+        for (j, b) in msg.iter_mut().enumerate() {
+            *b = pattern_byte(id, j);
+        }
         conns.push(Conn {
             sock,
             id,
             msg,
-            buf: vec![0u8; cfg.size + 1],
+            buf: PageBuf::new(cfg.size + 1),
             sent: 0,
             recvd: 0,
             seq: 0,

@@ -240,7 +240,6 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
     // Page-aligned: the kernel copies into a buffer near a page boundary up to 4x
     // more slowly (oxloop_core::buffers).
     let mut buf = PageBuf::new(READ_SIZE);
-    let buf = buf.as_mut_slice();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let response = http_response();
     while Instant::now() < deadline {
@@ -272,7 +271,7 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
                 alive = on_writable(conn);
             }
             if alive && ev.events & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-                alive = on_readable(conn, buf, mode, &response);
+                alive = on_readable(conn, &mut buf, mode, &response);
             }
             if !alive {
                 if let Some(conn) = conns.remove(&token) {
@@ -306,7 +305,6 @@ fn serve_udp(sock: &UdpSocket, deadline: Instant) -> io::Result<()> {
     // Page-aligned: the kernel copies into a buffer near a page boundary up to 4x
     // more slowly (oxloop_core::buffers).
     let mut buf = PageBuf::new(READ_SIZE);
-    let buf = buf.as_mut_slice();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 8];
     while Instant::now() < deadline {
         if epoll.wait(&mut events, 1000)? == 0 {
@@ -314,7 +312,7 @@ fn serve_udp(sock: &UdpSocket, deadline: Instant) -> io::Result<()> {
         }
         // Up to 32 datagrams per readiness event, as oxloop's transport may take.
         for _ in 0..32 {
-            match sock.recv_from(buf) {
+            match sock.recv_from(&mut buf) {
                 Ok((n, peer)) => {
                     // A lost echo is the client's to count; the server goes on.
                     let _ = sock.send_to(&buf[..n], peer);
