@@ -6,9 +6,12 @@ divergence that disappears, or one that appears unannounced, fails here.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import socket
 
 import pytest
+from _net import wait_until
 
 
 def test_divergence_non_callable_refused_at_call_time(loop, loop_impl):
@@ -105,3 +108,35 @@ def test_divergence_sock_recv_on_a_blocking_socket_waits_for_readiness(loop, loo
         assert ticked_while_waiting >= 3
     else:
         assert ticked_while_waiting == 0
+
+
+def test_divergence_accepted_connection_protocol_factory_runs_without_a_task(loop, loop_impl):
+    var = contextvars.ContextVar('var', default='unset')
+    seen = []
+
+    class Proto(asyncio.Protocol):
+        def __init__(self):
+            seen.append((asyncio.current_task(), var.get()))
+            var.set('set by the factory')  # must not leak to the next connection
+
+        def connection_made(self, transport):
+            transport.close()
+
+    async def main():
+        server = await loop.create_server(Proto, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        for i in range(2):
+            _, writer = await asyncio.open_connection('127.0.0.1', port)
+            await wait_until(lambda i=i: len(seen) > i)
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 10))
+    assert [value for _, value in seen] == ['unset', 'unset']
+    tasks = [task for task, _ in seen]
+    if loop_impl == 'oxloop':
+        assert tasks == [None, None]
+    else:
+        assert all(isinstance(task, asyncio.Task) for task in tasks)

@@ -12,19 +12,27 @@ messages; ``LoopCore`` comes first in the MRO and exposes the state it reads
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import contextvars
+import errno
 import os
 import selectors
 import socket
 import sys
 import threading
 import weakref
-from asyncio import base_events, coroutines, events, unix_events
+from asyncio import base_events, constants, coroutines, events, selector_events, trsock, unix_events
+from asyncio.log import logger
 from typing import Any
 
 from . import _oxloop
 
 __all__ = ('Loop',)
+
+# The C socket type's own getters (ints), under socket.socket's enum-converting properties.
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
 
 
 class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
@@ -129,6 +137,87 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
 
     def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> Any:
         return _oxloop.WritePipeTransport._create(self, pipe, protocol, waiter, extra)
+
+    # ----- accepting (selector_events.py) ---------------------------------------------
+
+    def _accept_connection(
+        self,
+        protocol_factory: Any,
+        sock: socket.socket,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        if sslcontext is not None:
+            # TLS keeps the stdlib's path: the handshake is awaited in a task.
+            return selector_events.BaseSelectorEventLoop._accept_connection(
+                self, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            )
+        # CPython 3.11 _accept_connection, but the transport is made at once (as uvloop
+        # does) instead of in a task per connection (_accept_connection2): the protocol
+        # factory runs in a copy of the context, as it would in that task.
+        # socket.accept() builds the new socket from the listener's family and type
+        # properties, which convert to enums on every read; read them raw, once.
+        plain = type(sock) is socket.socket
+        if plain:
+            family, type_, proto = _raw_family(sock), _raw_type(sock), sock.proto
+        for _ in range(backlog):
+            try:
+                if plain:
+                    fd, addr = sock._accept()  # type: ignore[attr-defined]
+                    conn = socket.socket(family, type_, proto, fileno=fd)
+                else:
+                    conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug('%r got a new connection from %r: %r', server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.call_exception_handler(
+                        {
+                            'message': 'socket.accept() out of system resource',
+                            'exception': exc,
+                            'socket': trsock.TransportSocket(sock),
+                        }
+                    )
+                    self._remove_reader(sock.fileno())
+                    self.call_later(
+                        constants.ACCEPT_RETRY_DELAY,
+                        self._start_serving,
+                        protocol_factory,
+                        sock,
+                        sslcontext,
+                        server,
+                        backlog,
+                        ssl_handshake_timeout,
+                        ssl_shutdown_timeout,
+                    )
+                else:
+                    raise
+            else:
+                contextvars.copy_context().run(self._accepted, protocol_factory, conn, {'peername': addr}, server)
+        return None
+
+    def _accepted(self, protocol_factory: Any, conn: socket.socket, extra: dict[str, Any], server: Any) -> None:
+        protocol = None
+        transport = None
+        try:
+            protocol = protocol_factory()
+            transport = self._make_socket_transport(conn, protocol, extra=extra, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - as _accept_connection2: all but exits
+            if self._debug:
+                context = {'message': 'Error on transport creation for incoming connection', 'exception': exc}
+                if protocol is not None:
+                    context['protocol'] = protocol
+                if transport is not None:
+                    context['transport'] = transport
+                self.call_exception_handler(context)
 
     # ----- sock_* (selector_events.py; the checks, first try and wait are native) ------
 

@@ -26,6 +26,19 @@ use crate::py;
 pub struct StreamTransport;
 
 impl StreamTransport {
+    /// CPython: `base_events._set_nodelay` (TCP only), reading the socket's family,
+    /// type and protocol without `socket.socket`'s enum conversions.
+    fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (family, kind, proto) = py::raw_socket_triple(sock)?;
+        if matches!(family, libc::AF_INET | libc::AF_INET6)
+            && kind == libc::SOCK_STREAM
+            && proto == libc::IPPROTO_TCP
+        {
+            sock.call_method1("setsockopt", (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1))?;
+        }
+        Ok(())
+    }
+
     /// CPython: `_read_ready__on_eof`.
     fn on_eof(slf: &Bound<'_, Transport>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
@@ -131,7 +144,7 @@ impl StreamTransport {
             "_read_ready",
             Some("_write_ready"),
         )?;
-        py::set_nodelay(py)?.call1((sock,))?;
+        Self::set_nodelay(sock)?;
         Transport::schedule_connection_made(base, protocol, waiter, true)?;
         Ok(transport)
     }
