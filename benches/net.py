@@ -67,6 +67,7 @@ class Case:
     size: int  # message bytes (echo); 0 for http
     conns: int
     doc: str = ''
+    reconnect: bool = False  # a new connection per request (oxloop-loadgen --reconnect)
 
 
 def _echo_cases(group: str, server: str, mode: str, what: str, shapes: list[tuple[int, int]], doc: str) -> list[Case]:
@@ -128,6 +129,17 @@ CASES: list[Case] = [
         'Unix Protocol echo',
         [(KIB, 10), (100 * KIB, 10)],
         'create_unix_server, asyncio.Protocol: data_received -> transport.write',
+    ),
+    Case(
+        'churn_1k_c10',
+        'churn',
+        'TCP connection churn 1 KiB x 10',
+        'echo_protocol.py',
+        'tcp',
+        KIB,
+        10,
+        'a new connection per request: connect, 1 KiB echo, close (reset: no TIME_WAIT)',
+        reconnect=True,
     ),
     Case('http_c10', 'http', 'HTTP/1.1 keep-alive x 10', 'http_server.py', 'http', 0, 10, 'wrk -t1 -c10, GET /'),
     Case('http_c100', 'http', 'HTTP/1.1 keep-alive x 100', 'http_server.py', 'http', 0, 100, 'wrk -t1 -c100, GET /'),
@@ -430,6 +442,8 @@ def run_loadgen(case: Case, server: Server, s: Settings) -> dict[str, Any]:
     ]
     if not s.prime:
         cmd.append('--no-prime')
+    if case.reconnect:
+        cmd.append('--reconnect')
     proc = spawn(cmd, s.client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=s.warmup + s.duration + 60)

@@ -40,6 +40,9 @@ usage: oxloop-loadgen --mode tcp|unix|udp --addr HOST:PORT|PATH [options]
   --verify-every K   compare the full content of every K-th echo (default 1); lengths always
   --connect-timeout SECS  (default 5)
   --no-prime         do not prime the server (see below)
+  --reconnect        tcp, unix: a new connection for every request (connect, send, read the
+                     echo, close), i.e. connection churn; closed with SO_LINGER 0 (a reset),
+                     so that thousands of closes per second leave no TIME_WAIT behind
 
 Before the measured connections open, one extra connection (tcp, unix) sends one message,
 reads its echo and closes: a server process then has seen a connection close, as a
@@ -81,6 +84,7 @@ struct Config {
     verify_every: u64,
     connect_timeout: f64,
     prime: bool,
+    reconnect: bool,
 }
 
 fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String> {
@@ -95,12 +99,17 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
     let mut verify_every = 1u64;
     let mut connect_timeout = 5.0f64;
     let mut prime = true;
+    let mut reconnect = false;
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
             return Err(String::new());
         }
         if arg == "--no-prime" {
             prime = false;
+            continue;
+        }
+        if arg == "--reconnect" {
+            reconnect = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -136,6 +145,9 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
     if conns == 0 || size == 0 || verify_every == 0 {
         return Err("--conns, --size and --verify-every must be at least 1".into());
     }
+    if mode == Mode::Udp && reconnect {
+        return Err("--reconnect is for tcp and unix".into());
+    }
     if mode == Mode::Udp && size > 65507 {
         return Err("--size: a UDP datagram holds at most 65507 bytes".into());
     }
@@ -165,6 +177,7 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
         verify_every,
         connect_timeout,
         prime,
+        reconnect,
     })
 }
 
@@ -328,6 +341,25 @@ fn connect(cfg: &Config, udp_target: Option<SocketAddr>) -> io::Result<Sock> {
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// SO_LINGER {on, 0}: `close` sends a reset instead of a FIN, leaving no TIME_WAIT.
+fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid option value for the duration of the call. A failure
+    // only means a normal close (and a TIME_WAIT).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -561,7 +593,31 @@ impl Run {
         }
         self.counters.requests += 1;
         self.counters.bytes += size as u64;
+        if self.cfg.reconnect {
+            self.reconnect(idx)?;
+        }
         self.start_request(idx, now);
+        Ok(())
+    }
+
+    /// `--reconnect`: replaces the connection with a new one; the old one is reset
+    /// (SO_LINGER 0) as it is dropped, leaving no TIME_WAIT.
+    fn reconnect(&mut self, idx: usize) -> Result<(), String> {
+        let sock = connect(&self.cfg, None).map_err(|e| format!("reconnect: {e}"))?;
+        self.ep
+            .ctl(
+                libc::EPOLL_CTL_ADD,
+                sock.fd(),
+                libc::EPOLLIN as u32,
+                idx as u64,
+            )
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        let conn = &mut self.conns[idx];
+        let old = std::mem::replace(&mut conn.sock, sock);
+        conn.want_write = false;
+        set_linger_zero(old.fd());
+        // Closing the old socket removes it from the epoll set.
+        drop(old);
         Ok(())
     }
 
@@ -864,7 +920,7 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
         out,
         "{{\"mode\":{},\"addr\":{},\"conns\":{},\"conns_alive\":{},\"size\":{},\"warmup\":{},\"seconds\":{:.6},\
          \"requests\":{},\"bytes\":{},\"warmup_requests\":{},\"errors\":{},\"errors_in_window\":{},\"lost\":{},\
-         \"stale\":{},\"server_pid\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"server_wait_s\":{},\"client_wait_s\":{},\"verify_every\":{},\
+         \"stale\":{},\"server_pid\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"server_wait_s\":{},\"client_wait_s\":{},\"verify_every\":{},\"reconnect\":{},\
          \"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}},\"error_samples\":[{}]}}",
         json_string(cfg.mode.name()),
         json_string(&cfg.addr),
@@ -886,6 +942,7 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
         json_opt(delta(start.server_wait, end.server_wait)),
         json_opt(delta(start.client_wait, end.client_wait)),
         cfg.verify_every,
+        cfg.reconnect,
         lat_json(50.0),
         lat_json(90.0),
         lat_json(99.0),
@@ -947,6 +1004,7 @@ mod tests {
             verify_every: 1,
             connect_timeout: 2.0,
             prime: true,
+            reconnect: false,
         }
     }
 
@@ -1019,6 +1077,38 @@ mod tests {
         assert!(field(&out, "server_cpu_s") >= 0.0);
         assert!(field(&out, "server_wait_s") >= 0.0);
         assert!(field(&out, "client_wait_s") >= 0.0);
+    }
+
+    #[test]
+    fn tcp_reconnect_opens_a_connection_per_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                thread::spawn(move || echo_stream(s));
+            }
+        });
+        let mut config = cfg(Mode::Tcp, addr, 2, 512);
+        config.reconnect = true;
+        let out = run(config).unwrap().0;
+        let requests = field(&out, "requests") + field(&out, "warmup_requests");
+        assert!(requests > 0.0, "{out}");
+        assert_eq!(field(&out, "errors"), 0.0, "{out}");
+        // One connection per request, plus the first two and the priming one.
+        let accepted = accepted.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        assert!(
+            accepted >= requests,
+            "{accepted} connections for {requests} requests"
+        );
+        assert!(parse_args(
+            "--mode udp --addr x --reconnect"
+                .split_whitespace()
+                .map(String::from)
+        )
+        .is_err());
     }
 
     #[test]
