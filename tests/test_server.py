@@ -3,6 +3,7 @@
 import asyncio
 import errno
 import gc
+import os
 import socket
 import warnings
 
@@ -385,3 +386,99 @@ def test_server_close_refuses_new_connections_on_freed_port(loop):
             await loop.create_connection(Recorder, '127.0.0.1', port)
 
     run(loop, main())
+
+
+@pytest.mark.parametrize('family', ['tcp', 'unix'])
+def test_server_accepted_socket_is_what_socket_accept_gives(loop, family, tmp_path):
+    factory = Accepting()
+
+    async def main():
+        if family == 'tcp':
+            server = await loop.create_server(factory, '127.0.0.1', 0)
+            addr = server.sockets[0].getsockname()
+            tr, proto = await loop.create_connection(Recorder, *addr)
+        else:
+            path = str(tmp_path / 's.sock')
+            server = await loop.create_unix_server(factory, path)
+            tr, proto = await loop.create_unix_connection(Recorder, path)
+        async with server:
+            listener = server.sockets[0]
+            await wait_until(lambda: factory.protos and factory.protos[0].transport is not None)
+            sock = factory.protos[0].transport.get_extra_info('socket')
+            assert (sock.family, sock.type, sock.proto) == (listener.family, socket.SOCK_STREAM, listener.proto)
+            assert sock.gettimeout() == 0
+            assert not sock.get_inheritable()
+            expected_peer = tr.get_extra_info('sockname')
+            assert factory.protos[0].transport.get_extra_info('peername') == expected_peer
+            if family == 'unix':
+                assert expected_peer == ''  # an unbound client
+            tr.close()
+            await proto.lost
+            await asyncio.wait_for(factory.protos[0].lost, 5)
+
+    run(loop, main())
+
+
+def test_server_listener_subclass_accept_is_used(loop):
+    # A listening socket of a socket.socket subclass is accepted through its own
+    # accept(), as asyncio does.
+    calls = []
+
+    class CountingSocket(socket.socket):
+        def accept(self):
+            calls.append(1)
+            return super().accept()
+
+    factory = Accepting()
+
+    async def main():
+        lsock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.bind(('127.0.0.1', 0))
+        async with await loop.create_server(factory, sock=lsock) as server:
+            addr = server.sockets[0].getsockname()
+            await connect_and_close(loop, addr)
+            await wait_until(lambda: factory.protos and factory.protos[0].lost.done())
+
+    run(loop, main())
+    assert calls  # including the last call, which found nothing to accept
+
+
+def test_server_accept_out_of_fds_reports_pauses_and_retries(loop):
+    resource = pytest.importorskip('resource')
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    factory = Accepting()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def main():
+        async with await loop.create_server(factory, '127.0.0.1', 0) as server:
+            addr = server.sockets[0].getsockname()
+            cli = socket.socket()
+            cli.setblocking(False)
+            fillers = []
+            try:
+                highest = max(int(fd) for fd in os.listdir('/proc/self/fd'))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+                while True:  # use up every fd, so that accept() fails with EMFILE
+                    try:
+                        fillers.append(os.dup(0))
+                    except OSError as exc:
+                        assert exc.errno == errno.EMFILE
+                        break
+                assert cli.connect_ex(addr) in (0, errno.EINPROGRESS)  # the kernel completes it
+                await wait_until(lambda: contexts)
+                assert not factory.protos
+            finally:
+                for fd in fillers:
+                    os.close(fd)
+            # asyncio retries after ACCEPT_RETRY_DELAY (1 s).
+            await wait_until(lambda: factory.protos, timeout=5)
+            cli.close()
+            await asyncio.wait_for(factory.protos[0].lost, 5)
+
+    try:
+        run(loop, main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert contexts[0]['message'] == 'socket.accept() out of system resource'
+    assert contexts[0]['exception'].errno == errno.EMFILE

@@ -33,6 +33,8 @@ __all__ = ('Loop',)
 # The C socket type's own getters (ints), under socket.socket's enum-converting properties.
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
+# A socket built with this type flag on an fd is non-blocking without a syscall.
+_SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
 
 
 class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
@@ -158,49 +160,55 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         # CPython 3.11 _accept_connection, but the transport is made at once (as uvloop
         # does) instead of in a task per connection (_accept_connection2): the protocol
         # factory runs in a copy of the context, as it would in that task.
-        # socket.accept() builds the new socket from the listener's family and type
-        # properties, which convert to enums on every read; read them raw, once.
-        plain = type(sock) is socket.socket
-        if plain:
-            family, type_, proto = _raw_family(sock), _raw_type(sock), sock.proto
-        for _ in range(backlog):
-            try:
-                if plain:
-                    fd, addr = sock._accept()  # type: ignore[attr-defined]
-                    conn = socket.socket(family, type_, proto, fileno=fd)
-                else:
+        args = (protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if type(sock) is not socket.socket:
+            # A socket subclass may override accept(): call it, as asyncio does.
+            for _ in range(backlog):
+                try:
                     conn, addr = sock.accept()
-                if self._debug:
-                    logger.debug('%r got a new connection from %r: %r', server, addr, conn)
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return None
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.call_exception_handler(
-                        {
-                            'message': 'socket.accept() out of system resource',
-                            'exception': exc,
-                            'socket': trsock.TransportSocket(sock),
-                        }
-                    )
-                    self._remove_reader(sock.fileno())
-                    self.call_later(
-                        constants.ACCEPT_RETRY_DELAY,
-                        self._start_serving,
-                        protocol_factory,
-                        sock,
-                        sslcontext,
-                        server,
-                        backlog,
-                        ssl_handshake_timeout,
-                        ssl_shutdown_timeout,
-                    )
+                    conn.setblocking(False)
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    return None
+                except OSError as exc:
+                    self._accept_failed(exc, args)
                 else:
-                    raise
-            else:
-                contextvars.copy_context().run(self._accepted, protocol_factory, conn, {'peername': addr}, server)
+                    self._new_connection(protocol_factory, conn, addr, server)
+            return None
+        # accept4 in Rust: non-blocking sockets without a setblocking() call, and the
+        # end of the queue without a BlockingIOError raised and caught. The sockets
+        # are built from the listener's raw family and type (socket.socket's
+        # properties convert to enums on every read, as socket.accept() does twice).
+        accepted, error = self._accept_many(sock.fileno(), backlog)
+        if accepted:
+            family, type_, proto = _raw_family(sock), _raw_type(sock) | _SOCK_NONBLOCK, sock.proto
+            for fd, addr in accepted:
+                conn = socket.socket(family, type_, proto, fileno=fd)
+                self._new_connection(protocol_factory, conn, addr, server)
+        if error is not None:
+            # One report and one retry per batch (asyncio's loop goes on accepting
+            # after an EMFILE and reports again, up to `backlog` times).
+            self._accept_failed(error, args)
         return None
+
+    def _accept_failed(self, exc: OSError, args: tuple[Any, ...]) -> None:
+        """asyncio's handling of a failed accept(): out of resources, pause and retry."""
+        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            raise exc  # The event loop will catch, log and ignore it.
+        sock = args[1]
+        self.call_exception_handler(
+            {
+                'message': 'socket.accept() out of system resource',
+                'exception': exc,
+                'socket': trsock.TransportSocket(sock),
+            }
+        )
+        self._remove_reader(sock.fileno())
+        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *args)
+
+    def _new_connection(self, protocol_factory: Any, conn: socket.socket, addr: Any, server: Any) -> None:
+        if self._debug:
+            logger.debug('%r got a new connection from %r: %r', server, addr, conn)
+        contextvars.copy_context().run(self._accepted, protocol_factory, conn, {'peername': addr}, server)
 
     def _accepted(self, protocol_factory: Any, conn: socket.socket, extra: dict[str, Any], server: Any) -> None:
         protocol = None

@@ -19,6 +19,7 @@ pub(crate) mod sock;
 mod tasks;
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use oxloop_core::clock;
@@ -34,6 +35,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::gil::GilRefCell;
 use crate::handles::{capture_source_traceback, Handle, TimerHandle};
+use crate::sockaddr::SockAddr;
 
 /// The poller token of the waker's eventfd (never a registry token: those carry a
 /// generation >= 1 in the high half and an fd < 2^31 in the low half).
@@ -76,6 +78,10 @@ pub(crate) struct State {
     /// Lent to the poll (taken out while the GIL is released).
     events: Events,
 }
+
+/// What `_accept_many` returns: the accepted `(fd, address)` pairs and the
+/// `OSError` that ended the batch, if any.
+type AcceptBatch<'py> = (Vec<(RawFd, Bound<'py, PyAny>)>, Option<Bound<'py, PyAny>>);
 
 #[pyclass(frozen, subclass, module = "oxloop._oxloop", name = "LoopCore")]
 pub struct LoopCore {
@@ -397,6 +403,50 @@ impl LoopCore {
         if handle.get().is_scheduled() {
             self.timer_handle_cancelled();
         }
+    }
+
+    /// Accepts up to `backlog` connections on the listening socket `fd`, as
+    /// `_accept_connection` does with `sock.accept()`: returns the accepted
+    /// `(fd, address)` pairs (non-blocking, close-on-exec) and the `OSError` that
+    /// ended the batch, if any. The end of the queue (`EAGAIN`), `EINTR` and
+    /// `ECONNABORTED` end it quietly, with no exception raised and caught.
+    fn _accept_many<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        backlog: usize,
+    ) -> PyResult<AcceptBatch<'py>> {
+        let mut accepted = Vec::new();
+        for _ in 0..backlog {
+            let mut addr = SockAddr::empty();
+            let (ptr, len) = addr.as_mut_parts();
+            // SAFETY: `ptr`/`len` describe `addr`'s storage, valid for the call.
+            let conn =
+                unsafe { libc::accept4(fd, ptr, len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
+            if conn < 0 {
+                let err = std::io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => Ok((accepted, None)),
+                    _ => Ok((
+                        accepted,
+                        Some(os_error(&err).into_value(py).into_bound(py).into_any()),
+                    )),
+                };
+            }
+            match addr.python_object(py) {
+                Ok(addr) => accepted.push((conn, addr)),
+                Err(err) => {
+                    // SAFETY: the fd was just accepted and is ours alone.
+                    unsafe { libc::close(conn) };
+                    for (fd, _) in accepted {
+                        // SAFETY: as above; nobody has seen these fds yet.
+                        unsafe { libc::close(fd) };
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok((accepted, None))
     }
 
     /// `(done, result_or_future)` for `sock_recv`/`sock_recv_into`/`sock_sendall`.
