@@ -443,7 +443,7 @@ def test_server_listener_subclass_accept_is_used(loop):
     assert calls  # including the last call, which found nothing to accept
 
 
-def test_server_accept_out_of_fds_reports_pauses_and_retries(loop):
+def test_server_accept_out_of_fds_reports_pauses_and_retries(loop, loop_impl):
     resource = pytest.importorskip('resource')
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -482,3 +482,9 @@ def test_server_accept_out_of_fds_reports_pauses_and_retries(loop):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert contexts[0]['message'] == 'socket.accept() out of system resource'
     assert contexts[0]['exception'].errno == errno.EMFILE
+    # docs/divergences.md: asyncio goes on calling accept() after the first EMFILE and
+    # reports (and schedules a retry) each time; oxloop reports once per batch.
+    if loop_impl == 'oxloop':
+        assert len(contexts) == 1
+    else:
+        assert len(contexts) > 1
