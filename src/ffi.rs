@@ -44,6 +44,47 @@ pub fn run_in_context(
     result.map(drop)
 }
 
+/// `context.run(method)` for a native transport's bound method: calls `native` on
+/// the method's `__self__` directly. A Rust panic becomes a `PanicException`, as it
+/// would through PyO3's method trampoline.
+pub fn run_native_in_context(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    method: &Bound<'_, PyAny>,
+    native: crate::handles::NativeFn,
+) -> PyResult<()> {
+    // SAFETY: type checks and a borrowed read of a builtin method's `__self__`;
+    // `method` outlives this call.
+    let target = unsafe {
+        if ffi::PyCFunction_Check(method.as_ptr()) == 0 {
+            std::ptr::null_mut()
+        } else {
+            ffi::PyCFunction_GetSelf(method.as_ptr())
+        }
+    };
+    if target.is_null() {
+        return run_in_context(py, context, method, &PyTuple::empty(py));
+    }
+    // SAFETY: as above, a live borrowed reference.
+    let target = unsafe { Bound::from_borrowed_ptr(py, target) };
+    let ctx = context.as_ptr();
+    // SAFETY: `ctx` is live for the call; PyContext_Enter type-checks it.
+    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native(&target)))
+        .unwrap_or_else(|payload| {
+            Err(pyo3::panic::PanicException::new_err(
+                crate::fastcall::panic_message(&*payload),
+            ))
+        });
+    // SAFETY: we entered `ctx` above on this thread.
+    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
+}
+
 /// Runs pending Python signal handlers (`KeyboardInterrupt` from the default
 /// SIGINT handler comes out of here). Cheap when no signal is pending.
 pub fn check_signals(py: Python<'_>) -> PyResult<()> {

@@ -9,6 +9,7 @@
 //! are [`GilCell`]s, so the loop reads them without a borrow flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use pyo3::basic::CompareOp;
 use pyo3::prelude::*;
@@ -18,6 +19,10 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::event_loop::LoopCore;
 use crate::gil::GilCell;
 use crate::py;
+
+/// A native transport's own reader or writer method, called on the transport
+/// without Python's call machinery (see [`Handle::set_native`]).
+pub type NativeFn = for<'py> fn(&Bound<'py, PyAny>) -> PyResult<()>;
 
 /// What a handle runs, cloned out of it for one call.
 pub struct Callback {
@@ -37,6 +42,9 @@ pub struct Handle {
     source_traceback: Option<Py<PyAny>>,
     /// The repr kept at `cancel()` time in debug mode.
     cached_repr: GilCell<Option<Py<PyAny>>>,
+    /// Set when `callback` is a native transport's bound method: run this on its
+    /// `__self__` instead of calling the method object.
+    native: OnceLock<NativeFn>,
 }
 
 #[pyclass(frozen, extends = Handle, module = "oxloop._oxloop", name = "TimerHandle")]
@@ -61,7 +69,16 @@ impl Handle {
             scheduled: AtomicBool::new(false),
             source_traceback,
             cached_repr: GilCell::new(None),
+            native: OnceLock::new(),
         }
+    }
+
+    /// Declares that `callback` is a bound method of a native transport whose Rust
+    /// body is `native`; running the handle then calls `native` directly, in the
+    /// handle's context, as the method call would. Set once, before it first runs.
+    pub fn set_native(&self, native: NativeFn) {
+        // Already set means set to the same function: nothing to do.
+        let _ = self.native.set(native);
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -158,6 +175,14 @@ impl Handle {
         let Some(cb) = self.callback(py) else {
             return Ok(());
         };
+        if let Some(native) = self.native.get() {
+            return crate::ffi::run_native_in_context(
+                py,
+                self.context.bind(py),
+                cb.callback.bind(py),
+                *native,
+            );
+        }
         crate::ffi::run_in_context(
             py,
             self.context.bind(py),

@@ -3,6 +3,7 @@ abort, reading pauses, write buffer limits, extra info, protocols (swapping them
 sequence, eof_received's return value, BufferedProtocol), isinstance checks, ResourceWarning."""
 
 import asyncio
+import contextvars
 import gc
 import logging
 import os
@@ -764,3 +765,34 @@ def test_transport_empty_writes_after_close_are_not_counted(loop, kind, path, ca
 
     run(loop, main())
     assert [r.getMessage() for r in caplog.records if r.name == 'asyncio'] == ['socket.send() raised exception.']
+
+
+def test_transport_callbacks_run_in_the_transport_context(loop):
+    # asyncio registers the reader with a copy of the context current when the
+    # transport was made; data_received runs in it, one context for the whole
+    # connection (a value it sets is there next time), isolated from the caller's.
+    var = contextvars.ContextVar('var', default='unset')
+    seen = []
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data):
+            seen.append(var.get())
+            var.set('set in data_received')
+
+    async def main():
+        var.set('set before connecting')
+        a, b = socket.socketpair()
+        try:
+            tr, _ = await loop.connect_accepted_socket(Proto, a)
+            var.set('set after connecting')
+            for _ in range(2):
+                b.send(b'x')
+                n = len(seen)
+                await wait_until(lambda n=n: len(seen) > n)
+            tr.close()
+        finally:
+            b.close()
+        assert var.get() == 'set after connecting'
+
+    run(loop, main())
+    assert seen == ['set before connecting', 'set in data_received']

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError};
 use pyo3::prelude::*;
@@ -25,6 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
+use crate::handles::NativeFn;
 use crate::py;
 
 /// Chunks handed to one `writev`.
@@ -104,9 +106,12 @@ pub struct Transport {
     pub(super) fd: RawFd,
     extra: Py<PyDict>,
     kind: Kind,
-    /// The bound methods registered as reader/writer callbacks (made once).
+    /// The bound methods registered as reader/writer callbacks (made once), and
+    /// their Rust bodies, which the loop calls directly (`Handle::set_native`).
     read_ready: GilCell<Option<Py<PyAny>>>,
     write_ready: GilCell<Option<Py<PyAny>>>,
+    read_native: OnceLock<NativeFn>,
+    write_native: OnceLock<NativeFn>,
     pub(super) state: GilRefCell<TransportState>,
 }
 
@@ -180,6 +185,8 @@ impl Transport {
             kind,
             read_ready: GilCell::new(None),
             write_ready: GilCell::new(None),
+            read_native: OnceLock::new(),
+            write_native: OnceLock::new(),
             state: GilRefCell::new(TransportState {
                 protocol: None,
                 buffered: false,
@@ -204,16 +211,18 @@ impl Transport {
     /// CPython: the rest of `_SelectorTransport.__init__`: set the protocol,
     /// attach to the server, register in `loop._transports` (sockets only: asyncio
     /// does not register pipes there). `read_ready` and `write_ready` name the
-    /// subclass's reader and writer callbacks.
+    /// subclass's reader and writer callbacks, with their Rust bodies.
     pub(super) fn attach(
         slf: &Bound<'_, Self>,
         event_loop: &Bound<'_, LoopCore>,
         protocol: &Bound<'_, PyAny>,
-        read_ready: &str,
-        write_ready: Option<&str>,
+        read_ready: (&str, NativeFn),
+        write_ready: Option<(&str, NativeFn)>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let (read_ready, read_native) = read_ready;
+        let _ = this.read_native.set(read_native);
         drop(
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
@@ -222,7 +231,8 @@ impl Transport {
             this.read_ready
                 .replace(py, Some(slf.getattr(read_ready)?.unbind())),
         );
-        if let Some(write_ready) = write_ready {
+        if let Some((write_ready, write_native)) = write_ready {
+            let _ = this.write_native.set(write_native);
             drop(
                 this.write_ready
                     .replace(py, Some(slf.getattr(write_ready)?.unbind())),
@@ -321,18 +331,21 @@ impl Transport {
     }
 
     pub(super) fn watch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
-        let callback = match direction {
-            Direction::Read => self.read_ready.clone_ref(py),
-            Direction::Write => self.write_ready.clone_ref(py),
+        let (callback, native) = match direction {
+            Direction::Read => (self.read_ready.clone_ref(py), self.read_native.get()),
+            Direction::Write => (self.write_ready.clone_ref(py), self.write_native.get()),
         };
         if let (Some(lp), Some(callback)) = (self.event_loop(py), callback) {
-            LoopCore::add_fd_callback(
+            let handle = LoopCore::add_fd_callback(
                 &lp,
                 self.fd,
                 callback.bind(py),
                 PyTuple::empty(py),
                 direction,
             )?;
+            if let Some(native) = native {
+                handle.get().set_native(*native);
+            }
         }
         Ok(())
     }
@@ -818,6 +831,14 @@ impl Transport {
     ) -> PyResult<()> {
         if !self.is_reading(py) {
             return Ok(());
+        }
+        let own = self
+            .read_ready
+            .clone_ref(py)
+            .is_some_and(|r| r.is(callback));
+        if own && args.is_empty() && fd.extract::<RawFd>().ok() == Some(self.fd) {
+            // The transport's own reader (from schedule_connection_made).
+            return self.watch(py, Direction::Read);
         }
         if let Some(lp) = self.event_loop(py) {
             let all = PyTuple::new(py, [fd.clone(), callback.clone()])?

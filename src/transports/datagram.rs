@@ -292,8 +292,8 @@ impl DatagramTransport {
             base,
             event_loop,
             protocol,
-            "_read_ready",
-            Some("_sendto_ready"),
+            ("_read_ready", native!(DatagramTransport, _read_ready)),
+            Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
         )?;
         Transport::schedule_connection_made(base, protocol, waiter, true)?;
         Ok(transport)

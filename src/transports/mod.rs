@@ -6,6 +6,17 @@
 //! `_ensure_fd_no_transport` and the `_selector` view behave exactly as for
 //! asyncio's selector transports.
 
+/// The `NativeFn` (`crate::handles`) of a transport method `fn(&Bound<T>) ->
+/// PyResult<()>`: the loop calls it on the transport without a method call.
+macro_rules! native {
+    ($ty:ty, $method:ident) => {{
+        fn call(obj: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<()> {
+            <$ty>::$method(obj.cast::<$ty>()?)
+        }
+        call as crate::handles::NativeFn
+    }};
+}
+
 pub mod base;
 pub mod datagram;
 pub mod pipe;

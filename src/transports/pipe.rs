@@ -105,7 +105,13 @@ impl ReadPipeTransport {
         let base = Transport::new_pipe(Kind::ReadPipe, pipe, fd, extra)?;
         let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
         let base = transport.as_super();
-        Transport::attach(base, event_loop, protocol, "_read_ready", None)?;
+        Transport::attach(
+            base,
+            event_loop,
+            protocol,
+            ("_read_ready", native!(ReadPipeTransport, _read_ready)),
+            None,
+        )?;
         Transport::schedule_connection_made(base, protocol, waiter, true)?;
         Ok(transport)
     }
@@ -204,8 +210,8 @@ impl WritePipeTransport {
             base,
             event_loop,
             protocol,
-            "_read_ready",
-            Some("_write_ready"),
+            ("_read_ready", native!(WritePipeTransport, _read_ready)),
+            Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
         )?;
         // Readable means the reader went away; a character device never says so.
         let watch_reader = file_type != libc::S_IFCHR;

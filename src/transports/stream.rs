@@ -141,8 +141,8 @@ impl StreamTransport {
             base,
             event_loop,
             protocol,
-            "_read_ready",
-            Some("_write_ready"),
+            ("_read_ready", native!(StreamTransport, _read_ready)),
+            Some(("_write_ready", native!(StreamTransport, _write_ready))),
         )?;
         Self::set_nodelay(sock)?;
         Transport::schedule_connection_made(base, protocol, waiter, true)?;
