@@ -208,6 +208,33 @@ impl Transport {
         }
     }
 
+    /// Makes the transport object of kind `T` over `base` and does the rest of
+    /// asyncio's `__init__`: [`Transport::attach`], then
+    /// [`Transport::schedule_connection_made`] (starting to read when `read`).
+    #[allow(clippy::too_many_arguments)] // asyncio's constructor arguments, once
+    pub(super) fn create<'py, T>(
+        base: Self,
+        kind: T,
+        event_loop: &Bound<'py, LoopCore>,
+        protocol: &Bound<'py, PyAny>,
+        waiter: Option<&Bound<'py, PyAny>>,
+        read_ready: (&str, NativeFn),
+        write_ready: Option<(&str, NativeFn)>,
+        read: bool,
+    ) -> PyResult<Bound<'py, T>>
+    where
+        T: pyo3::PyClass<BaseType = Self>,
+    {
+        let transport = Bound::new(
+            event_loop.py(),
+            PyClassInitializer::from(base).add_subclass(kind),
+        )?;
+        let base = transport.as_super();
+        Self::attach(base, event_loop, protocol, read_ready, write_ready)?;
+        Self::schedule_connection_made(base, protocol, waiter, read)?;
+        Ok(transport)
+    }
+
     /// CPython: the rest of `_SelectorTransport.__init__`: set the protocol,
     /// attach to the server, register in `loop._transports` (sockets only: asyncio
     /// does not register pipes there). `read_ready` and `write_ready` name the

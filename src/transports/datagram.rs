@@ -280,23 +280,22 @@ impl DatagramTransport {
             Some(peer) => peer.is_truthy()?,
             None => false,
         };
-        let family: i32 = sock.getattr("family")?.extract()?;
+        let (family, _, _) = py::raw_socket_triple(sock)?;
         let this = Self {
             native: matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX),
             connected,
             peer: crate::gil::GilRefCell::new(None),
         };
-        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(this))?;
-        let base = transport.as_super();
-        Transport::attach(
+        Transport::create(
             base,
+            this,
             event_loop,
             protocol,
+            waiter,
             ("_read_ready", native!(DatagramTransport, _read_ready)),
             Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
-        )?;
-        Transport::schedule_connection_made(base, protocol, waiter, true)?;
-        Ok(transport)
+            true,
+        )
     }
 
     /// The reader callback (CPython `_read_ready`).

@@ -96,24 +96,22 @@ impl ReadPipeTransport {
         waiter: Option<&Bound<'py, PyAny>>,
         extra: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, Self>> {
-        let py = event_loop.py();
         let (fd, _) = checked_fd(
             pipe,
             &[libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR],
             "Pipe transport is for pipes/sockets only.",
         )?;
         let base = Transport::new_pipe(Kind::ReadPipe, pipe, fd, extra)?;
-        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
-        let base = transport.as_super();
-        Transport::attach(
+        Transport::create(
             base,
+            Self,
             event_loop,
             protocol,
+            waiter,
             ("_read_ready", native!(ReadPipeTransport, _read_ready)),
             None,
-        )?;
-        Transport::schedule_connection_made(base, protocol, waiter, true)?;
-        Ok(transport)
+            true,
+        )
     }
 
     /// The reader callback: `os.read(fd, max_size)`, then `data_received` or the
@@ -197,26 +195,24 @@ impl WritePipeTransport {
         waiter: Option<&Bound<'py, PyAny>>,
         extra: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, Self>> {
-        let py = event_loop.py();
         let (fd, file_type) = checked_fd(
             pipe,
             &[libc::S_IFCHR, libc::S_IFIFO, libc::S_IFSOCK],
             "Pipe transport is only for pipes, sockets and character devices",
         )?;
         let base = Transport::new_pipe(Kind::WritePipe, pipe, fd, extra)?;
-        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
-        let base = transport.as_super();
-        Transport::attach(
-            base,
-            event_loop,
-            protocol,
-            ("_read_ready", native!(WritePipeTransport, _read_ready)),
-            Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
-        )?;
         // Readable means the reader went away; a character device never says so.
         let watch_reader = file_type != libc::S_IFCHR;
-        Transport::schedule_connection_made(base, protocol, waiter, watch_reader)?;
-        Ok(transport)
+        Transport::create(
+            base,
+            Self,
+            event_loop,
+            protocol,
+            waiter,
+            ("_read_ready", native!(WritePipeTransport, _read_ready)),
+            Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
+            watch_reader,
+        )
     }
 
     /// The reader callback: the pipe's reader closed its end.

@@ -132,21 +132,19 @@ impl StreamTransport {
         extra: Option<Bound<'py, PyDict>>,
         server: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Self>> {
-        let py = event_loop.py();
         let server = server.filter(|s| !s.is_none());
         let base = Transport::new(Kind::Socket, sock, extra, server, None)?;
-        let transport = Bound::new(py, PyClassInitializer::from(base).add_subclass(Self))?;
-        let base = transport.as_super();
-        Transport::attach(
+        Self::set_nodelay(sock)?;
+        Transport::create(
             base,
+            Self,
             event_loop,
             protocol,
+            waiter,
             ("_read_ready", native!(StreamTransport, _read_ready)),
             Some(("_write_ready", native!(StreamTransport, _write_ready))),
-        )?;
-        Self::set_nodelay(sock)?;
-        Transport::schedule_connection_made(base, protocol, waiter, true)?;
-        Ok(transport)
+            true,
+        )
     }
 
     // ----- hot paths ---------------------------------------------------------------
