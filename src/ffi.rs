@@ -16,32 +16,42 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
 }
 
-/// `context.run(callback, *args)`, discarding the result.
-///
-/// Entering the context fails as `Context.run` does (`RuntimeError` when it is
-/// already entered, `TypeError` when it is not a `Context`).
-pub fn run_in_context(
+/// Runs `body` inside `context`, as `Context.run` does: entering fails as it does
+/// (`RuntimeError` when the context is already entered, `TypeError` when it is not
+/// a `Context`), and the context is left whatever `body` returns.
+fn with_context<T>(
     py: Python<'_>,
     context: &Bound<'_, PyAny>,
-    callback: &Bound<'_, PyAny>,
-    args: &Bound<'_, PyTuple>,
-) -> PyResult<()> {
+    body: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
     let ctx = context.as_ptr();
     // SAFETY: `ctx` is a live object for the whole call (borrowed from `context`);
     // PyContext_Enter type-checks it and sets an exception on failure.
     if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
         return Err(PyErr::fetch(py));
     }
-    let result = if args.is_empty() {
-        callback.call0()
-    } else {
-        callback.call1(args)
-    };
+    let result = body();
     // SAFETY: we entered `ctx` above on this thread, so exiting it is valid.
     if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
         return Err(PyErr::fetch(py));
     }
-    result.map(drop)
+    result
+}
+
+/// `context.run(callback, *args)`, discarding the result.
+pub fn run_in_context(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    with_context(py, context, || {
+        if args.is_empty() {
+            callback.call0().map(drop)
+        } else {
+            callback.call1(args).map(drop)
+        }
+    })
 }
 
 /// `context.run(method)` for a native transport's bound method: calls `native` on
@@ -67,22 +77,15 @@ pub fn run_native_in_context(
     }
     // SAFETY: as above, a live borrowed reference.
     let target = unsafe { Bound::from_borrowed_ptr(py, target) };
-    let ctx = context.as_ptr();
-    // SAFETY: `ctx` is live for the call; PyContext_Enter type-checks it.
-    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native(&target)))
-        .unwrap_or_else(|payload| {
-            Err(pyo3::panic::PanicException::new_err(
-                crate::fastcall::panic_message(&*payload),
-            ))
-        });
-    // SAFETY: we entered `ctx` above on this thread.
-    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    result
+    with_context(py, context, || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native(&target))).unwrap_or_else(
+            |payload| {
+                Err(pyo3::panic::PanicException::new_err(
+                    crate::fastcall::panic_message(&*payload),
+                ))
+            },
+        )
+    })
 }
 
 /// Runs pending Python signal handlers (`KeyboardInterrupt` from the default
