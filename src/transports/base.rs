@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -540,11 +540,26 @@ impl Transport {
         if let Ok(bytes) = data.cast::<PyBytes>() {
             return Ok(Some(bytes.clone()));
         }
-        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        if Self::is_mutable_bytes_like(data) {
             let copy = data.py().get_type::<PyBytes>().call1((data,))?;
             return Ok(Some(copy.cast_into::<PyBytes>()?));
         }
         Ok(None)
+    }
+
+    /// A `bytearray` or `memoryview`: what asyncio accepts as data besides `bytes`.
+    pub(super) fn is_mutable_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+        data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+    }
+
+    /// asyncio's `TypeError` for socket data that is not bytes-like.
+    pub(super) fn not_bytes_like(data: &Bound<'_, PyAny>) -> PyErr {
+        match data.get_type().name().and_then(|name| name.repr()) {
+            Ok(name) => PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {name}"
+            )),
+            Err(err) => err,
+        }
     }
 
     /// A stream's or write pipe's `write` once its checks passed: with data already

@@ -11,11 +11,9 @@
 //! IPv6 and Unix targets) go through the socket's own `sendto`, so every error and
 //! resolution rule stays the `socket` module's.
 
-use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyBytes, PyDict};
 
 use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
 use super::MAX_SIZE;
@@ -341,14 +339,8 @@ impl DatagramTransport {
         let base = slf.as_super();
         let this = base.get();
         let me = slf.get();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
-                data.get_type().name()?.repr()?
-            )));
+        if !(data.is_instance_of::<PyBytes>() || Transport::is_mutable_bytes_like(data)) {
+            return Err(Transport::not_bytes_like(data));
         }
         let size = data.len()?;
         if size == 0 {
@@ -383,13 +375,9 @@ impl DatagramTransport {
                 failed => return Self::send_failed(base, failed),
             }
         }
-        // Ensure that what we buffer is immutable.
-        let data = match data.cast::<PyBytes>() {
-            Ok(bytes) => bytes.clone(),
-            Err(_) => py
-                .get_type::<PyBytes>()
-                .call1((data,))?
-                .cast_into::<PyBytes>()?,
+        // Ensure that what we buffer is immutable (checked bytes-like above).
+        let Some(data) = Transport::immutable_bytes(data)? else {
+            return Err(Transport::not_bytes_like(data));
         };
         {
             let mut st = this.state.borrow_mut(py);

@@ -11,7 +11,7 @@
 //!   keeping references to the caller's `bytes` (no copy); the buffer is flushed
 //!   with `writev`.
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -197,10 +197,7 @@ impl StreamTransport {
         let base = slf.as_super();
         let this = base.get();
         let Some(bytes) = Transport::immutable_bytes(data)? else {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
-                data.get_type().name()?.repr()?
-            )));
+            return Err(Transport::not_bytes_like(data));
         };
         let buffered = {
             let st = this.state.borrow_mut(py);
