@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Named(Protocol):
@@ -22,3 +26,22 @@ def pick_baseline(contestants: Sequence[Named]) -> str | None:
 def aa_name(baseline: str | None) -> str | None:
     """The A/A control's name: the baseline measured a second time."""
     return f'{baseline}#2' if baseline else None
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """What a results file records about the machine, plus each suite's own fields."""
+    cpu_model = None
+    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                cpu_model = line.split(':', 1)[1].strip()
+                break
+    return {
+        'cpu_count': os.cpu_count(),
+        'cpu_model': cpu_model,
+        'python': sys.version.split()[0],
+        'implementation': platform.python_implementation(),
+        'platform': platform.platform(),
+        'loadavg_at_start': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+        **extra,
+    }

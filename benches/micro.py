@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import aa_name, pick_baseline
+from _common import aa_name, machine_info, pick_baseline
 
 clock = time.perf_counter  # what the benchmark bodies time with
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
@@ -652,33 +652,6 @@ def print_table(summaries: list[dict[str, Any]], names: list[str], baseline: str
             print(f'  {s["title"]}: {name} failed: {err}')
 
 
-def machine_info(info: dict[str, Any]) -> dict[str, Any]:
-    cpu_model = None
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu_model = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
-    return {
-        'cpu_count': os.cpu_count(),
-        'cpus_usable': usable,
-        'cpu_model': cpu_model,
-        'python': sys.version.split()[0],
-        'implementation': platform.python_implementation(),
-        'platform': platform.platform(),
-        'loadavg_at_start': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
-        'switch_interval': sys.getswitchinterval(),
-        **info,
-    }
-
-
 # --------------------------------------------------------------------------------------
 # Main
 
@@ -733,7 +706,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     baseline = pick_baseline(contestants)
     names = [c.name for c in contestants]
-    machine = machine_info(info)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    machine = machine_info(cpus_usable=usable, switch_interval=sys.getswitchinterval(), **info)
     versions = ', '.join(f'{c.name} {c.version}' for c in contestants if not c.name.endswith('#2'))
     print(
         f'machine: {machine["cpu_count"]} CPUs ({machine["cpus_usable"]} usable, {machine["cpu_model"]}), '

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import aa_name, pick_baseline
+from _common import aa_name, machine_info, pick_baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES_DIR = ROOT / 'benches'
@@ -768,25 +768,6 @@ def print_summary(summaries: list[tuple[str, dict[str, Any]]], names: list[str],
         print(f'  "~": inside the A/A band ({aa}/{baseline} over the rounds): not distinguishable from noise.')
 
 
-def machine_info(info: dict[str, Any]) -> dict[str, Any]:
-    cpu_model = None
-    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                cpu_model = line.split(':', 1)[1].strip()
-                break
-    return {
-        'cpu_count': os.cpu_count(),
-        'cpus_usable': sorted(os.sched_getaffinity(0)),
-        'cpu_model': cpu_model,
-        'python': sys.version.split()[0],
-        'implementation': platform.python_implementation(),
-        'platform': platform.platform(),
-        'loadavg_at_start': list(os.getloadavg()),
-        **info,
-    }
-
-
 # --------------------------------------------------------------------------------------
 # Main
 
@@ -864,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     baseline = pick_baseline(contestants)
     names = [c.name for c in contestants]
-    machine = machine_info(info)
+    machine = machine_info(cpus_usable=sorted(os.sched_getaffinity(0)), **info)
     server_cpu, client_cpu, pinning = pick_cpus(args.no_pin)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})  # keep this script off the server's CPU too
