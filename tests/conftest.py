@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -38,6 +40,26 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
         return
     if not loop.is_closed():
         loop.close()
+
+
+@pytest.fixture
+def tmp_dir():
+    """A fresh directory under /tmp: short, as a Unix socket path holds 108 bytes."""
+    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def path(tmp_dir: str) -> str:
+    """A Unix socket path in ``tmp_dir``."""
+    return os.path.join(tmp_dir, 's')
+
+
+@pytest.fixture(params=['tcp', 'unix'])
+def kind(request: pytest.FixtureRequest) -> str:
+    """A stream transport kind, for ``_net.stream_pair``."""
+    return request.param
 
 
 @pytest.fixture(params=LOOP_IMPLS)

@@ -4,29 +4,10 @@ resume_writing() at or below the low-water mark, in order and once per crossing.
 import asyncio
 import hashlib
 import os
-import shutil
-import tempfile
 
-import pytest
 from _net import MADE, PAUSE, RESUME, Recorder, capture_errors, run, stream_pair, wait_until
 
 BIG = 8 * 1024 * 1024
-
-
-@pytest.fixture(params=['tcp', 'unix'])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def path():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield os.path.join(d, 's')
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def pair(loop, kind, path, **kw):
-    return stream_pair(loop, kind, path if kind == 'unix' else None, **kw)
 
 
 class Flow(Recorder):
@@ -64,7 +45,7 @@ class Sink(Recorder):
 
 def test_flow_pause_in_write_resume_after_drain(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path, client=Flow) as (client, server):
+        async with stream_pair(loop, kind, path, client=Flow) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(b'x' * BIG)
@@ -87,7 +68,7 @@ def test_flow_pause_in_write_resume_after_drain(loop, kind, path):
 
 def test_flow_exact_high_water_boundary(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path, client=Flow) as (client, server):
+        async with stream_pair(loop, kind, path, client=Flow) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.set_write_buffer_limits(high=1 << 40)
@@ -109,7 +90,7 @@ def test_flow_exact_high_water_boundary(loop, kind, path):
 
 def test_flow_lowering_limits_pauses_at_once(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path, client=Flow) as (client, server):
+        async with stream_pair(loop, kind, path, client=Flow) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.set_write_buffer_limits(high=1 << 40)
@@ -131,7 +112,7 @@ def test_flow_lowering_limits_pauses_at_once(loop, kind, path):
 
 def test_flow_zero_limits(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path, client=Flow) as (client, server):
+        async with stream_pair(loop, kind, path, client=Flow) as (client, server):
             tr = client.transport
             tr.set_write_buffer_limits(high=0)
             assert tr.get_write_buffer_limits() == (0, 0)
@@ -151,7 +132,7 @@ def test_flow_many_crossings_in_order(loop, kind, path):
     high, low = 256 * 1024, 64 * 1024
 
     async def main():
-        async with pair(loop, kind, path, client=Flow, server=Sink) as (client, server):
+        async with stream_pair(loop, kind, path, client=Flow, server=Sink) as (client, server):
             tr = client.transport
             tr.set_write_buffer_limits(high=high, low=low)
             sent = 0
@@ -184,7 +165,7 @@ def test_flow_pause_writing_error_reaches_handler(loop, kind, path):
             raise ValueError('pause')
 
     async def main():
-        async with pair(loop, kind, path, client=BadPause) as (client, server):
+        async with stream_pair(loop, kind, path, client=BadPause) as (client, server):
             server.transport.pause_reading()
             client.transport.write(b'x' * BIG)
             assert len(contexts) == 1
@@ -208,7 +189,7 @@ def test_flow_resume_writing_error_reaches_handler(loop, kind, path):
             raise ValueError('resume')
 
     async def main():
-        async with pair(loop, kind, path, client=BadResume) as (client, server):
+        async with stream_pair(loop, kind, path, client=BadResume) as (client, server):
             client.transport.write(b'x' * BIG)
             assert len(await server.read(BIG, timeout=10)) == BIG
             await wait_until(lambda: contexts)

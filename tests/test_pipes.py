@@ -6,9 +6,7 @@ import errno
 import logging
 import os
 import re
-import shutil
 import socket
-import tempfile
 import tty
 
 import pytest
@@ -23,13 +21,6 @@ def pipe():
     yield rf, wf
     rf.close()
     wf.close()
-
-
-@pytest.fixture
-def tmp_dir():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def drain(fd: int) -> bytes:

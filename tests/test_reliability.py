@@ -7,32 +7,14 @@ import gc
 import hashlib
 import logging
 import os
-import shutil
 import socket
 import struct
-import tempfile
 from typing import ClassVar
 
 import pytest
 from _net import DATA, EOF, LOST, MADE, PAUSE, RESUME, Recorder, capture_errors, open_fds, run, stream_pair, wait_until
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def tmp_dir():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(params=['tcp', 'unix'])
-def kind(request):
-    return request.param
-
-
-def pair(loop, kind, tmp_dir, **kw):
-    return stream_pair(loop, kind, os.path.join(tmp_dir, 's') if kind == 'unix' else None, **kw)
 
 
 def rss() -> int:
@@ -104,10 +86,9 @@ def test_reliability_10k_connect_close_cycles_leak_nothing(loop_factory):
     assert open_fds() == fds_before
 
 
-def test_reliability_unix_connect_close_cycles_leak_nothing(loop_factory, tmp_dir):
+def test_reliability_unix_connect_close_cycles_leak_nothing(loop_factory, path):
     fds_before = open_fds()
     loop = loop_factory()
-    path = os.path.join(tmp_dir, 's')
 
     class Counting(Closer):
         lost = 0
@@ -186,11 +167,11 @@ class Source(Recorder):
         return digest.hexdigest()
 
 
-def test_reliability_64mib_stream_intact(loop, kind, tmp_dir):
+def test_reliability_64mib_stream_intact(loop, kind, path):
     total = 64 * MiB
 
     async def main():
-        async with pair(loop, kind, tmp_dir, client=Source, server=Sink) as (client, server):
+        async with stream_pair(loop, kind, path, client=Source, server=Sink) as (client, server):
             expected = await client.send(total)
             client.transport.write_eof()
             await asyncio.wait_for(server.eof, 20)
@@ -313,11 +294,11 @@ def test_reliability_peer_reset_while_writing(loop):
     assert contexts == []
 
 
-def test_reliability_half_close_client_eof_server_keeps_writing(loop, kind, tmp_dir):
+def test_reliability_half_close_client_eof_server_keeps_writing(loop, kind, path):
     reply = os.urandom(4 * MiB)
 
     async def main():
-        async with pair(loop, kind, tmp_dir, server=lambda: Recorder(eof_result=True)) as (client, server):
+        async with stream_pair(loop, kind, path, server=lambda: Recorder(eof_result=True)) as (client, server):
             client.transport.write(b'request')
             client.transport.write_eof()
             await asyncio.wait_for(server.eof, 5)
@@ -335,11 +316,11 @@ def test_reliability_half_close_client_eof_server_keeps_writing(loop, kind, tmp_
     run(loop, main())
 
 
-def test_reliability_half_close_server_eof_client_keeps_writing(loop, kind, tmp_dir):
+def test_reliability_half_close_server_eof_client_keeps_writing(loop, kind, path):
     request = os.urandom(4 * MiB)
 
     async def main():
-        async with pair(loop, kind, tmp_dir, client=lambda: Recorder(eof_result=True)) as (client, server):
+        async with stream_pair(loop, kind, path, client=lambda: Recorder(eof_result=True)) as (client, server):
             server.transport.write(b'greeting')
             server.transport.write_eof()
             await asyncio.wait_for(client.eof, 5)
@@ -365,7 +346,7 @@ def test_reliability_half_close_server_eof_client_keeps_writing(loop, kind, tmp_
 # ----- protocol errors and writes after close -------------------------------------
 
 
-def test_reliability_data_received_error(loop, kind, tmp_dir):
+def test_reliability_data_received_error(loop, kind, path):
     contexts = capture_errors(loop)
     boom = ZeroDivisionError('boom')
 
@@ -375,7 +356,7 @@ def test_reliability_data_received_error(loop, kind, tmp_dir):
             raise boom
 
     async def main():
-        async with pair(loop, kind, tmp_dir, server=Failing) as (client, server):
+        async with stream_pair(loop, kind, path, server=Failing) as (client, server):
             client.transport.write(b'trigger')
             assert await asyncio.wait_for(server.lost, 5) is boom
             assert server.calls == [MADE, DATA, LOST]
@@ -393,7 +374,7 @@ def test_reliability_data_received_error(loop, kind, tmp_dir):
     run(loop, main())
 
 
-def test_reliability_data_received_error_drops_pending_writes(loop, kind, tmp_dir):
+def test_reliability_data_received_error_drops_pending_writes(loop, kind, path):
     contexts = capture_errors(loop)
 
     class Failing(Recorder):
@@ -403,7 +384,7 @@ def test_reliability_data_received_error_drops_pending_writes(loop, kind, tmp_di
             raise ValueError('late')
 
     async def main():
-        async with pair(loop, kind, tmp_dir, server=Failing) as (client, server):
+        async with stream_pair(loop, kind, path, server=Failing) as (client, server):
             client.transport.pause_reading()
             client.transport.write(b'go')
             exc = await asyncio.wait_for(server.lost, 5)
@@ -417,9 +398,9 @@ def test_reliability_data_received_error_drops_pending_writes(loop, kind, tmp_di
     assert len(contexts) == 1
 
 
-def test_reliability_writes_after_close_dropped_and_logged(loop, kind, tmp_dir, caplog):
+def test_reliability_writes_after_close_dropped_and_logged(loop, kind, path, caplog):
     async def main():
-        async with pair(loop, kind, tmp_dir) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             tr.write(b'before')
             assert await server.read(6) == b'before'
@@ -445,9 +426,9 @@ def test_reliability_writes_after_close_dropped_and_logged(loop, kind, tmp_dir, 
     assert all(r.levelno == logging.WARNING for r in records)
 
 
-def test_reliability_writes_after_connection_lost_dropped(loop, kind, tmp_dir, caplog):
+def test_reliability_writes_after_connection_lost_dropped(loop, kind, path, caplog):
     async def main():
-        async with pair(loop, kind, tmp_dir) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             server.transport.close()
             await asyncio.wait_for(client.lost, 5)
             with caplog.at_level(logging.WARNING, logger='asyncio'):
@@ -463,18 +444,18 @@ def test_reliability_writes_after_connection_lost_dropped(loop, kind, tmp_dir, c
 # ----- closing a loop with live transports -----------------------------------------
 
 
-def test_reliability_loop_close_with_live_transports_leaks_nothing(loop_factory, tmp_dir):
+def test_reliability_loop_close_with_live_transports_leaks_nothing(loop_factory, path):
     fds_before = open_fds()
     loop = loop_factory()
     keep = {}
 
     async def main(rf, wf):
         tcp = await loop.create_server(Recorder, '127.0.0.1', 0)
-        unix = await loop.create_unix_server(Recorder, os.path.join(tmp_dir, 's'))
+        unix = await loop.create_unix_server(Recorder, path)
         transports = []
         for _ in range(3):
             transports.append((await loop.create_connection(Recorder, *tcp.sockets[0].getsockname()))[0])
-            transports.append((await loop.create_unix_connection(Recorder, os.path.join(tmp_dir, 's')))[0])
+            transports.append((await loop.create_unix_connection(Recorder, path))[0])
         udp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=('127.0.0.1', 0))
         rpipe, _ = await loop.connect_read_pipe(Recorder, rf)
         wpipe, _ = await loop.connect_write_pipe(Recorder, wf)
@@ -497,7 +478,7 @@ def test_reliability_loop_close_with_live_transports_leaks_nothing(loop_factory,
     assert open_fds() == fds_before
 
 
-def test_reliability_loop_close_after_closing_everything(loop_factory, tmp_dir):
+def test_reliability_loop_close_after_closing_everything(loop_factory):
     fds_before = open_fds()
     loop = loop_factory()
 
@@ -555,11 +536,11 @@ class SourceSink(Source):
         self.digest.update(data)
 
 
-def test_reliability_echo_with_backpressure_both_ways(loop, kind, tmp_dir):
+def test_reliability_echo_with_backpressure_both_ways(loop, kind, path):
     total = 32 * MiB
 
     async def main():
-        async with pair(loop, kind, tmp_dir, client=SourceSink, server=BackpressureEcho) as (client, server):
+        async with stream_pair(loop, kind, path, client=SourceSink, server=BackpressureEcho) as (client, server):
             expected = await client.send(total)
             await wait_until(lambda: client.count == total, timeout=20)
             assert client.digest.hexdigest() == expected

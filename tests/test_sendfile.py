@@ -4,9 +4,7 @@ count, file positions, fallback=True/False, non-regular files, argument checks."
 import asyncio
 import io
 import os
-import shutil
 import socket
-import tempfile
 
 import pytest
 from _net import DatagramRecorder, Recorder, run, stream_pair, wait_until
@@ -20,13 +18,6 @@ def content():
 
 
 @pytest.fixture
-def tmp_dir():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def data_file(tmp_dir, content):
     path = os.path.join(tmp_dir, 'data.bin')
     with open(path, 'wb') as f:
@@ -35,27 +26,13 @@ def data_file(tmp_dir, content):
         yield f
 
 
-@pytest.fixture(params=['tcp', 'unix'])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def path(tmp_dir):
-    return os.path.join(tmp_dir, 's')
-
-
-def pair(loop, kind, path):
-    return stream_pair(loop, kind, path if kind == 'unix' else None)
-
-
 def finish(loop):
     loop.run_until_complete(loop.shutdown_default_executor())
 
 
 def test_sendfile_whole_file(loop, kind, path, data_file, content):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             sent = await loop.sendfile(client.transport, data_file)
             assert sent == SIZE
             assert data_file.tell() == SIZE
@@ -71,7 +48,7 @@ def test_sendfile_whole_file(loop, kind, path, data_file, content):
 
 def test_sendfile_offset_and_count(loop, kind, path, data_file, content):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             sent = await loop.sendfile(client.transport, data_file, 1000, 5000)
             assert sent == 5000
             assert data_file.tell() == 6000
@@ -90,7 +67,7 @@ def test_sendfile_empty_file(loop, kind, path, tmp_dir):
     open(empty, 'wb').close()
 
     async def main(f):
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             assert await loop.sendfile(client.transport, f) == 0
             assert f.tell() == 0
 
@@ -100,7 +77,7 @@ def test_sendfile_empty_file(loop, kind, path, tmp_dir):
 
 def test_sendfile_native_without_fallback(loop, kind, path, data_file, content):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             assert await loop.sendfile(client.transport, data_file, fallback=False) == SIZE
             assert await server.read(SIZE, timeout=10) == content
 
@@ -109,7 +86,7 @@ def test_sendfile_native_without_fallback(loop, kind, path, data_file, content):
 
 def test_sendfile_non_regular_file(loop, kind, path, content):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             buf = io.BytesIO(content[:100_000])
             with pytest.raises(asyncio.SendfileNotAvailableError, match='^not a regular file$'):
                 await loop.sendfile(client.transport, buf, fallback=False)
@@ -126,7 +103,7 @@ def test_sendfile_non_regular_file(loop, kind, path, content):
 
 def test_sendfile_keeps_order_with_buffered_writes(loop, kind, path, data_file, content):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(b'H' * (4 * 1024 * 1024))  # more than the kernel takes: some stays buffered
@@ -150,7 +127,7 @@ def test_sendfile_argument_errors(loop, kind, path, data_file, tmp_dir):
         f.write('text')
 
     async def main(text):
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
             with pytest.raises(ValueError, match='^file should be opened in binary mode$'):
                 await loop.sendfile(tr, text)
@@ -272,7 +249,7 @@ def test_sendfile_large_with_slow_reader(loop, kind, path, tmp_dir):
         f.write(big)
 
     async def main(f):
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             task = asyncio.ensure_future(loop.sendfile(client.transport, f))
             for _ in range(5):
                 server.transport.pause_reading()

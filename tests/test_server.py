@@ -389,7 +389,7 @@ def test_server_close_refuses_new_connections_on_freed_port(loop):
 
 
 @pytest.mark.parametrize('family', ['tcp', 'unix'])
-def test_server_accepted_socket_is_what_socket_accept_gives(loop, family, tmp_path):
+def test_server_accepted_socket_is_what_socket_accept_gives(loop, family, path):
     factory = Accepting()
 
     async def main():
@@ -398,7 +398,6 @@ def test_server_accepted_socket_is_what_socket_accept_gives(loop, family, tmp_pa
             addr = server.sockets[0].getsockname()
             tr, proto = await loop.create_connection(Recorder, *addr)
         else:
-            path = str(tmp_path / 's.sock')
             server = await loop.create_unix_server(factory, path)
             tr, proto = await loop.create_unix_connection(Recorder, path)
         async with server:

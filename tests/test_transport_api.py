@@ -7,9 +7,7 @@ import contextvars
 import gc
 import logging
 import os
-import shutil
 import socket
-import tempfile
 
 import pytest
 from _net import DATA, EOF, LOST, MADE, PAUSE, RESUME, Recorder, capture_errors, run, stream_pair, wait_until
@@ -17,25 +15,9 @@ from _net import DATA, EOF, LOST, MADE, PAUSE, RESUME, Recorder, capture_errors,
 BIG = 8 * 1024 * 1024  # more than the kernel buffers of a socket pair hold
 
 
-@pytest.fixture(params=['tcp', 'unix'])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def path():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield os.path.join(d, 's')
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def pair(loop, kind, path, **kw):
-    return stream_pair(loop, kind, path if kind == 'unix' else None, **kw)
-
-
 def test_transport_isinstance(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             for tr in (client.transport, server.transport):
                 assert isinstance(tr, asyncio.Transport)
                 assert isinstance(tr, asyncio.ReadTransport)
@@ -47,7 +29,7 @@ def test_transport_isinstance(loop, kind, path):
 
 def test_transport_write_accepts_bytes_like(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             tr.write(b'ab')
             tr.write(bytearray(b'cd'))
@@ -64,7 +46,7 @@ def test_transport_write_accepts_bytes_like(loop, kind, path):
 
 def test_transport_write_rejects_str(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             with pytest.raises(TypeError, match="^data argument must be a bytes-like object, not 'str'$"):
                 client.transport.write('text')
             with pytest.raises(TypeError, match="^data argument must be a bytes-like object, not 'int'$"):
@@ -75,7 +57,7 @@ def test_transport_write_rejects_str(loop, kind, path):
 
 def test_transport_small_write_is_sent_at_once(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             client.transport.write(b'x' * 1000)
             assert client.transport.get_write_buffer_size() == 0
             assert await server.read(1000) == b'x' * 1000
@@ -85,7 +67,7 @@ def test_transport_small_write_is_sent_at_once(loop, kind, path):
 
 def test_transport_write_eof_half_close(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path, server=lambda: Recorder(eof_result=True)) as (client, server):
+        async with stream_pair(loop, kind, path, server=lambda: Recorder(eof_result=True)) as (client, server):
             tr = client.transport
             assert tr.can_write_eof() is True
             tr.write(b'request')
@@ -112,7 +94,7 @@ def test_transport_write_eof_half_close(loop, kind, path):
 @pytest.mark.parametrize('result', [None, False, 0])
 def test_transport_eof_received_falsy_closes(loop, kind, path, result):
     async def main():
-        async with pair(loop, kind, path, server=lambda: Recorder(eof_result=result)) as (client, server):
+        async with stream_pair(loop, kind, path, server=lambda: Recorder(eof_result=result)) as (client, server):
             client.transport.write_eof()
             assert await asyncio.wait_for(server.lost, 5) is None
             assert server.calls == [MADE, EOF, LOST]
@@ -133,7 +115,7 @@ def test_transport_eof_received_error_is_fatal(loop, kind, path):
             raise ValueError('eof')
 
     async def main():
-        async with pair(loop, kind, path, server=Bad) as (client, server):
+        async with stream_pair(loop, kind, path, server=Bad) as (client, server):
             client.transport.write_eof()
             exc = await asyncio.wait_for(server.lost, 5)
             assert isinstance(exc, ValueError)
@@ -148,7 +130,7 @@ def test_transport_close_flushes_then_connection_lost(loop, kind, path):
     payload = os.urandom(BIG)
 
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(payload)
@@ -171,7 +153,7 @@ def test_transport_close_flushes_then_connection_lost(loop, kind, path):
 
 def test_transport_close_is_asynchronous_and_idempotent(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             tr.close()
             tr.close()
@@ -188,7 +170,7 @@ def test_transport_close_is_asynchronous_and_idempotent(loop, kind, path):
 
 def test_transport_abort_drops_buffer(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(b'x' * BIG)
@@ -209,7 +191,7 @@ def test_transport_abort_drops_buffer(loop, kind, path):
 
 def test_transport_abort_after_close(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             client.transport.close()
             client.transport.abort()
             assert await asyncio.wait_for(client.lost, 5) is None
@@ -221,7 +203,7 @@ def test_transport_abort_after_close(loop, kind, path):
 
 def test_transport_pause_resume_reading(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = server.transport
             assert tr.is_reading()
             tr.pause_reading()
@@ -245,7 +227,7 @@ def test_transport_pause_resume_reading(loop, kind, path):
 
 def test_transport_pause_reading_holds_eof(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             server.transport.pause_reading()
             client.transport.write(b'last')
             client.transport.write_eof()
@@ -261,7 +243,7 @@ def test_transport_pause_reading_holds_eof(loop, kind, path):
 
 def test_transport_write_buffer_limits(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
             assert tr.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
             assert tr.get_write_buffer_size() == 0
@@ -286,7 +268,7 @@ def test_transport_write_buffer_limits(loop, kind, path):
 
 def test_transport_get_extra_info_defaults(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
             assert tr.get_extra_info('no-such-key') is None
             assert tr.get_extra_info('no-such-key', 'dflt') == 'dflt'
@@ -303,7 +285,7 @@ def test_transport_get_extra_info_defaults(loop, kind, path):
 
 def test_transport_socket_in_use_by_transport(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             fd = client.transport.get_extra_info('socket').fileno()
             with pytest.raises(RuntimeError, match=f'^File descriptor {fd} is used by transport '):
                 loop.add_reader(fd, lambda: None)
@@ -315,7 +297,7 @@ def test_transport_socket_in_use_by_transport(loop, kind, path):
 
 def test_transport_set_protocol(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = server.transport
             assert tr.get_protocol() is server
             client.transport.write(b'one')
@@ -374,7 +356,7 @@ def test_transport_buffered_protocol(loop, kind, path):
     payload = os.urandom(100_000)
 
     async def main():
-        async with pair(loop, kind, path, server=Buffered) as (client, server):
+        async with stream_pair(loop, kind, path, server=Buffered) as (client, server):
             client.transport.write(payload)
             client.transport.write_eof()
             assert await asyncio.wait_for(server.lost, 5) is None
@@ -392,7 +374,7 @@ def test_transport_buffered_protocol_memoryview_buffer(loop, kind, path):
             return memoryview(self.buf)
 
     async def main():
-        async with pair(loop, kind, path, server=lambda: ViewBuffered(size=3)) as (client, server):
+        async with stream_pair(loop, kind, path, server=lambda: ViewBuffered(size=3)) as (client, server):
             client.transport.write(b'0123456789')
             await wait_until(lambda: len(server.data) == 10)
             assert server.data == b'0123456789'
@@ -404,7 +386,7 @@ def test_transport_buffered_protocol_empty_buffer_is_fatal(loop, kind, path):
     contexts = capture_errors(loop)
 
     async def main():
-        async with pair(loop, kind, path, server=lambda: Buffered(size=0)) as (client, server):
+        async with stream_pair(loop, kind, path, server=lambda: Buffered(size=0)) as (client, server):
             client.transport.write(b'data')
             exc = await asyncio.wait_for(server.lost, 5)
             assert isinstance(exc, RuntimeError)
@@ -421,7 +403,7 @@ def test_transport_buffered_protocol_empty_buffer_is_fatal(loop, kind, path):
 
 def test_transport_buffered_protocol_set_protocol_switches_mode(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             buffered = Buffered(size=4)
             server.transport.set_protocol(buffered)
             client.transport.write(b'switched')
@@ -455,7 +437,7 @@ def test_transport_unclosed_resource_warning(loop):
 
 def test_transport_write_copies_mutable_data(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(b'f' * BIG)  # fill the kernel buffers: what follows stays in the transport
@@ -480,7 +462,7 @@ def test_transport_write_in_connection_made(loop, kind, path):
             transport.write(b'hello from connection_made')
 
     async def main():
-        async with pair(loop, kind, path, server=Greeter) as (client, _):
+        async with stream_pair(loop, kind, path, server=Greeter) as (client, _):
             assert await client.read(26) == b'hello from connection_made'
 
     run(loop, main())
@@ -494,7 +476,7 @@ def test_transport_pause_reading_in_connection_made(loop, kind, path):
             transport.pause_reading()
 
     async def main():
-        async with pair(loop, kind, path, server=Paused) as (client, server):
+        async with stream_pair(loop, kind, path, server=Paused) as (client, server):
             assert not server.transport.is_reading()
             client.transport.write(b'held')
             await asyncio.sleep(0.1)
@@ -513,7 +495,7 @@ def test_transport_close_in_connection_made(loop, kind, path):
             transport.close()
 
     async def main():
-        async with pair(loop, kind, path, server=Refuser) as (client, server):
+        async with stream_pair(loop, kind, path, server=Refuser) as (client, server):
             assert await asyncio.wait_for(server.lost, 5) is None
             assert server.calls == [MADE, LOST]
             assert await asyncio.wait_for(client.lost, 5) is None
@@ -535,7 +517,7 @@ def test_transport_pause_reading_inside_data_received(loop, kind, path):
             self.transport.pause_reading()
 
     async def main():
-        async with pair(loop, kind, path, server=Pauser) as (client, server):
+        async with stream_pair(loop, kind, path, server=Pauser) as (client, server):
             client.transport.write(b'first')
             await wait_until(lambda: server.deliveries == 1)
             for _ in range(20):
@@ -561,7 +543,7 @@ def test_transport_close_inside_data_received(loop, kind, path, how):
             getattr(self.transport, how)()
 
     async def main():
-        async with pair(loop, kind, path, server=Closer) as (client, server):
+        async with stream_pair(loop, kind, path, server=Closer) as (client, server):
             client.transport.write(b'a' * 10)
             assert await asyncio.wait_for(server.lost, 5) is None
             client.transport.write(b'b' * 10)
@@ -576,7 +558,7 @@ def test_transport_write_eof_after_buffered_data(loop, kind, path):
     payload = os.urandom(BIG)
 
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             tr = client.transport
             server.transport.pause_reading()
             tr.write(payload)
@@ -604,7 +586,7 @@ def test_transport_connection_lost_error_still_closes_socket(loop, kind, path):
             raise ValueError('lost')
 
     async def main():
-        async with pair(loop, kind, path, client=BadLost) as (client, _):
+        async with stream_pair(loop, kind, path, client=BadLost) as (client, _):
             sock = client.transport.get_extra_info('socket')
             client.transport.close()
             await asyncio.wait_for(client.lost, 5)
@@ -624,7 +606,7 @@ def test_transport_buffered_protocol_buffer_updated_error(loop, kind, path):
             raise ValueError('updated')
 
     async def main():
-        async with pair(loop, kind, path, server=BadUpdate) as (client, server):
+        async with stream_pair(loop, kind, path, server=BadUpdate) as (client, server):
             client.transport.write(b'data')
             exc = await asyncio.wait_for(server.lost, 5)
             assert isinstance(exc, ValueError)
@@ -641,7 +623,7 @@ def test_transport_buffered_protocol_get_buffer_error(loop, kind, path):
             raise ValueError('get')
 
     async def main():
-        async with pair(loop, kind, path, server=BadGet) as (client, server):
+        async with stream_pair(loop, kind, path, server=BadGet) as (client, server):
             client.transport.write(b'data')
             exc = await asyncio.wait_for(server.lost, 5)
             assert isinstance(exc, ValueError)
@@ -658,7 +640,7 @@ def test_transport_buffered_protocol_readonly_buffer(loop, kind, path):
             return b'read-only buffer'
 
     async def main():
-        async with pair(loop, kind, path, server=ReadOnly) as (client, server):
+        async with stream_pair(loop, kind, path, server=ReadOnly) as (client, server):
             client.transport.write(b'data')
             exc = await asyncio.wait_for(server.lost, 5)
             assert isinstance(exc, TypeError)
@@ -677,7 +659,7 @@ def test_transport_base_exception_in_data_received_propagates(loop, kind, path, 
     state = {}
 
     async def setup():
-        cm = pair(loop, kind, path, server=Interrupting)
+        cm = stream_pair(loop, kind, path, server=Interrupting)
         state['cm'] = cm
         state['pair'] = await cm.__aenter__()
 
@@ -706,7 +688,7 @@ def test_transport_protocol_methods_looked_up_per_call(loop, kind, path):
     # asyncio's transports call self._protocol.data_received(...) each time: a method
     # replaced on the protocol instance (e.g. by unittest.mock.patch.object) takes effect.
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             seen = []
             server.data_received = lambda data: seen.append(('patched', data))
             server.eof_received = lambda: seen.append(('patched eof', None))
@@ -721,7 +703,7 @@ def test_transport_protocol_methods_looked_up_per_call(loop, kind, path):
 
 def test_transport_writelines_takes_any_iterable(loop, kind, path):
     async def main():
-        async with pair(loop, kind, path) as (client, server):
+        async with stream_pair(loop, kind, path) as (client, server):
             client.transport.writelines(bytes([c]) for c in b'generated')
             client.transport.writelines((b'-', b'tuple'))
             assert await server.read(15) == b'generated-tuple'
@@ -734,7 +716,7 @@ def test_transport_writelines_takes_any_iterable(loop, kind, path):
 def test_transport_checks_order_after_write_eof(loop, kind, path):
     # write() checks the type, then write_eof(), then emptiness.
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
             tr.write_eof()
             with pytest.raises(TypeError):
@@ -749,7 +731,7 @@ def test_transport_checks_order_after_write_eof(loop, kind, path):
 
 def test_transport_empty_writes_after_close_are_not_counted(loop, kind, path, caplog):
     async def main():
-        async with pair(loop, kind, path) as (client, _):
+        async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
             tr.close()
             with pytest.raises(TypeError):

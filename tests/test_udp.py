@@ -4,19 +4,10 @@ allow_broadcast, sock=, Unix datagram sockets) and the datagram transport API.""
 import asyncio
 import logging
 import os
-import shutil
 import socket
-import tempfile
 
 import pytest
 from _net import LOST, MADE, DatagramRecorder, free_port, run
-
-
-@pytest.fixture
-def sock_dir():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Echo(DatagramRecorder):
@@ -271,9 +262,9 @@ def test_udp_bind_in_use(loop):
         busy.close()
 
 
-def test_udp_unix_datagram(loop, sock_dir):
-    spath = os.path.join(sock_dir, 'server')
-    cpath = os.path.join(sock_dir, 'client')
+def test_udp_unix_datagram(loop, tmp_dir):
+    spath = os.path.join(tmp_dir, 'server')
+    cpath = os.path.join(tmp_dir, 'client')
 
     async def main():
         str_, sproto = await loop.create_datagram_endpoint(Echo, local_addr=spath, family=socket.AF_UNIX)
@@ -292,8 +283,8 @@ def test_udp_unix_datagram(loop, sock_dir):
     run(loop, main())
 
 
-def test_udp_unix_datagram_removes_stale_socket(loop, sock_dir):
-    spath = os.path.join(sock_dir, 'stale')
+def test_udp_unix_datagram_removes_stale_socket(loop, tmp_dir):
+    spath = os.path.join(tmp_dir, 'stale')
     old = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     old.bind(spath)
     old.close()
@@ -497,8 +488,8 @@ def test_udp_sendto_bad_address_is_a_fatal_error(loop):
     run(loop, main())
 
 
-def test_udp_unbound_unix_sender_address(loop, sock_dir):
-    spath = os.path.join(sock_dir, 'server')
+def test_udp_unbound_unix_sender_address(loop, tmp_dir):
+    spath = os.path.join(tmp_dir, 'server')
 
     async def main():
         str_, sproto = await loop.create_datagram_endpoint(DatagramRecorder, local_addr=spath, family=socket.AF_UNIX)

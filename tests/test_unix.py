@@ -5,19 +5,10 @@ import asyncio
 import errno
 import os
 import pathlib
-import shutil
 import socket
-import tempfile
 
 import pytest
 from _net import DATA, EOF, LOST, MADE, Recorder, run, wait_until
-
-
-@pytest.fixture
-def sock_dir():
-    d = tempfile.mkdtemp(prefix='oxl-', dir='/tmp')  # short: sun_path holds 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Echo(Recorder):
@@ -37,8 +28,7 @@ class Accepting:
         return p
 
 
-def test_unix_roundtrip_and_call_sequence(loop, sock_dir):
-    path = os.path.join(sock_dir, 's')
+def test_unix_roundtrip_and_call_sequence(loop, path):
     factory = Accepting()
 
     async def main():
@@ -58,8 +48,7 @@ def test_unix_roundtrip_and_call_sequence(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_extra_info(loop, sock_dir):
-    path = os.path.join(sock_dir, 's')
+def test_unix_extra_info(loop, path):
     factory = Accepting()
 
     async def main():
@@ -83,8 +72,8 @@ def test_unix_extra_info(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_server_pathlib_path(loop, sock_dir):
-    path = pathlib.Path(sock_dir) / 'p'
+def test_unix_server_pathlib_path(loop, tmp_dir):
+    path = pathlib.Path(tmp_dir) / 'p'
 
     async def main():
         async with await loop.create_unix_server(Accepting(), path) as server:
@@ -98,8 +87,8 @@ def test_unix_server_pathlib_path(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_server_removes_stale_socket_file(loop, sock_dir):
-    path = os.path.join(sock_dir, 'stale')
+def test_unix_server_removes_stale_socket_file(loop, tmp_dir):
+    path = os.path.join(tmp_dir, 'stale')
     old = socket.socket(socket.AF_UNIX)
     old.bind(path)
     old.close()
@@ -116,8 +105,8 @@ def test_unix_server_removes_stale_socket_file(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_server_regular_file_in_the_way(loop, sock_dir):
-    path = os.path.join(sock_dir, 'file')
+def test_unix_server_regular_file_in_the_way(loop, tmp_dir):
+    path = os.path.join(tmp_dir, 'file')
     with open(path, 'w') as f:
         f.write('keep me')
 
@@ -132,9 +121,8 @@ def test_unix_server_regular_file_in_the_way(loop, sock_dir):
         assert f.read() == 'keep me'
 
 
-def test_unix_server_close_leaves_socket_file(loop, sock_dir):
+def test_unix_server_close_leaves_socket_file(loop, path):
     # CPython 3.11 does not unlink the socket file when the server closes.
-    path = os.path.join(sock_dir, 's')
 
     async def main():
         server = await loop.create_unix_server(Accepting(), path)
@@ -163,8 +151,7 @@ def test_unix_abstract_namespace(loop):
     run(loop, main())
 
 
-def test_unix_server_and_connection_sock(loop, sock_dir):
-    path = os.path.join(sock_dir, 's')
+def test_unix_server_and_connection_sock(loop, path):
     lsock = socket.socket(socket.AF_UNIX)
     lsock.bind(path)
     csock = socket.socket(socket.AF_UNIX)
@@ -191,9 +178,8 @@ def test_unix_server_and_connection_sock(loop, sock_dir):
         csock.close()
 
 
-def test_unix_create_connection_accepts_unix_sock(loop, sock_dir):
+def test_unix_create_connection_accepts_unix_sock(loop, path):
     # create_connection() takes any SOCK_STREAM socket, AF_UNIX included.
-    path = os.path.join(sock_dir, 's')
 
     async def main():
         async with await loop.create_unix_server(Accepting(), path):
@@ -208,8 +194,7 @@ def test_unix_create_connection_accepts_unix_sock(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_argument_errors(loop, sock_dir):
-    path = os.path.join(sock_dir, 's')
+def test_unix_argument_errors(loop, path):
 
     async def main():
         tcp = socket.socket()
@@ -239,16 +224,16 @@ def test_unix_argument_errors(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_connect_missing_path(loop, sock_dir):
+def test_unix_connect_missing_path(loop, tmp_dir):
     async def main():
         with pytest.raises(FileNotFoundError):
-            await loop.create_unix_connection(Recorder, os.path.join(sock_dir, 'missing'))
+            await loop.create_unix_connection(Recorder, os.path.join(tmp_dir, 'missing'))
 
     run(loop, main())
 
 
-def test_unix_connect_stale_socket_refused(loop, sock_dir):
-    path = os.path.join(sock_dir, 'stale')
+def test_unix_connect_stale_socket_refused(loop, tmp_dir):
+    path = os.path.join(tmp_dir, 'stale')
     old = socket.socket(socket.AF_UNIX)
     old.bind(path)
     old.close()
@@ -260,8 +245,7 @@ def test_unix_connect_stale_socket_refused(loop, sock_dir):
     run(loop, main())
 
 
-def test_unix_server_start_serving_false(loop, sock_dir):
-    path = os.path.join(sock_dir, 's')
+def test_unix_server_start_serving_false(loop, path):
     factory = Accepting()
 
     async def main():
