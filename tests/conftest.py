@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,17 @@ def path(tmp_dir: str) -> str:
 def kind(request: pytest.FixtureRequest) -> str:
     """A stream transport kind, for ``_net.stream_pair``."""
     return request.param
+
+
+@pytest.fixture
+def sock_pair():
+    """A connected pair of non-blocking Unix stream sockets, closed after the test."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture(params=LOOP_IMPLS)

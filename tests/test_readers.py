@@ -7,16 +7,6 @@ import pytest
 
 
 @pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def closed_fd():
     r, w = os.pipe()
     os.close(r)
@@ -24,8 +14,8 @@ def closed_fd():
     return r
 
 
-def test_readers_called_when_readable(loop, pair, run_with_deadline):
-    a, b = pair
+def test_readers_called_when_readable(loop, sock_pair, run_with_deadline):
+    a, b = sock_pair
     got = []
 
     def on_read(sock, tag):
@@ -41,8 +31,8 @@ def test_readers_called_when_readable(loop, pair, run_with_deadline):
     assert got == [('tag', b'hello')]
 
 
-def test_readers_not_called_when_idle(loop, pair, run_briefly):
-    a, _ = pair
+def test_readers_not_called_when_idle(loop, sock_pair, run_briefly):
+    a, _ = sock_pair
     calls = []
     loop.add_reader(a, calls.append, 'read')
     run_briefly(loop, 3)
@@ -50,8 +40,8 @@ def test_readers_not_called_when_idle(loop, pair, run_briefly):
     assert loop.remove_reader(a) is True
 
 
-def test_readers_level_triggered(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_level_triggered(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     loop.add_reader(a.fileno(), calls.append, 'ready')
     b.send(b'x')
@@ -65,8 +55,8 @@ def test_readers_level_triggered(loop, pair, run_briefly):
     assert loop.remove_reader(a.fileno())
 
 
-def test_readers_accepts_object_with_fileno(loop, pair, run_with_deadline):
-    a, b = pair
+def test_readers_accepts_object_with_fileno(loop, sock_pair, run_with_deadline):
+    a, b = sock_pair
 
     class FileLike:
         def fileno(self):
@@ -87,8 +77,8 @@ def test_readers_accepts_object_with_fileno(loop, pair, run_with_deadline):
     assert loop.remove_reader(FileLike()) is False
 
 
-def test_readers_remove_return_values(loop, pair):
-    a, _ = pair
+def test_readers_remove_return_values(loop, sock_pair):
+    a, _ = sock_pair
     assert loop.remove_reader(a) is False
     assert loop.remove_writer(a) is False
     loop.add_reader(a, print)
@@ -101,8 +91,8 @@ def test_readers_remove_return_values(loop, pair):
     assert loop.remove_writer(a) is False
 
 
-def test_readers_removed_reader_not_called(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_removed_reader_not_called(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     loop.add_reader(a, calls.append, 'read')
     b.send(b'x')
@@ -111,8 +101,8 @@ def test_readers_removed_reader_not_called(loop, pair, run_briefly):
     assert calls == []
 
 
-def test_readers_remove_from_callback(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_remove_from_callback(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
 
     def on_read():
@@ -125,8 +115,8 @@ def test_readers_remove_from_callback(loop, pair, run_briefly):
     assert calls == ['read']
 
 
-def test_readers_replacing_reader(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_replacing_reader(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     loop.add_reader(a, calls.append, 'old')
     loop.add_reader(a, calls.append, 'new')
@@ -137,11 +127,11 @@ def test_readers_replacing_reader(loop, pair, run_briefly):
     assert loop.remove_reader(a) is False
 
 
-def test_readers_replace_reader_while_queued(loop, pair, run_briefly):
+def test_readers_replace_reader_while_queued(loop, sock_pair, run_briefly):
     # In one iteration asyncio polls, then queues fd callbacks after the callbacks
     # already in the ready queue. A callback ahead of the queued reader replaces it:
     # the old handle is cancelled and must not run; the new one runs next iteration.
-    a, b = pair
+    a, b = sock_pair
     calls = []
     b.send(b'x')
     loop.add_reader(a, calls.append, 'old')
@@ -153,8 +143,8 @@ def test_readers_replace_reader_while_queued(loop, pair, run_briefly):
     assert loop.remove_reader(a) is True
 
 
-def test_readers_remove_reader_while_queued(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_remove_reader_while_queued(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     b.send(b'x')
     loop.add_reader(a, calls.append, 'reader')
@@ -165,8 +155,8 @@ def test_readers_remove_reader_while_queued(loop, pair, run_briefly):
     assert calls == []
 
 
-def test_readers_writer_called_when_writable(loop, pair, run_with_deadline):
-    a, _ = pair
+def test_readers_writer_called_when_writable(loop, sock_pair, run_with_deadline):
+    a, _ = sock_pair
     calls = []
 
     def on_write(arg):
@@ -179,8 +169,8 @@ def test_readers_writer_called_when_writable(loop, pair, run_with_deadline):
     assert loop.remove_writer(a.fileno()) is True
 
 
-def test_readers_writer_level_triggered(loop, pair, run_briefly):
-    a, _ = pair
+def test_readers_writer_level_triggered(loop, sock_pair, run_briefly):
+    a, _ = sock_pair
     calls = []
     loop.add_writer(a, calls.append, 'w')
     run_briefly(loop, 3)
@@ -188,8 +178,8 @@ def test_readers_writer_level_triggered(loop, pair, run_briefly):
     assert loop.remove_writer(a) is True
 
 
-def test_readers_reader_and_writer_same_fd(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_reader_and_writer_same_fd(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     loop.add_reader(a, calls.append, 'r')
     loop.add_writer(a, calls.append, 'w')
@@ -208,8 +198,8 @@ def test_readers_reader_and_writer_same_fd(loop, pair, run_briefly):
     assert loop.remove_writer(a) is True
 
 
-def test_readers_replacing_writer(loop, pair, run_briefly):
-    a, _ = pair
+def test_readers_replacing_writer(loop, sock_pair, run_briefly):
+    a, _ = sock_pair
     calls = []
     loop.add_writer(a, calls.append, 'old')
     loop.add_writer(a, calls.append, 'new')
@@ -218,8 +208,8 @@ def test_readers_replacing_writer(loop, pair, run_briefly):
     assert loop.remove_writer(a) is True
 
 
-def test_readers_eof_is_readable(loop, pair, run_with_deadline):
-    a, b = pair
+def test_readers_eof_is_readable(loop, sock_pair, run_with_deadline):
+    a, b = sock_pair
     got = []
 
     def on_read():
@@ -277,8 +267,8 @@ def test_readers_many_fds(loop, run_with_deadline):
             b.close()
 
 
-def test_readers_exception_goes_to_handler(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_exception_goes_to_handler(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
 
@@ -336,8 +326,8 @@ def test_readers_remove_unknown_fd(loop, method, closed_fd):
     assert getattr(loop, method)(closed_fd) is False
 
 
-def test_readers_closed_loop(loop, pair):
-    a, _ = pair
+def test_readers_closed_loop(loop, sock_pair):
+    a, _ = sock_pair
     loop.add_reader(a, print)
     loop.close()
     with pytest.raises(RuntimeError, match='^Event loop is closed$'):
@@ -386,8 +376,8 @@ def test_readers_regular_file_rejected(loop, tmp_path):
         assert loop.remove_reader(f) is False
 
 
-def test_readers_reader_before_writer_same_fd(loop, pair, run_briefly):
-    a, b = pair
+def test_readers_reader_before_writer_same_fd(loop, sock_pair, run_briefly):
+    a, b = sock_pair
     calls = []
     b.send(b'x')
     loop.add_writer(a, calls.append, 'writer')

@@ -171,16 +171,6 @@ def test_sendfile_unsupported_transports(loop, data_file):
     run(loop, main())
 
 
-@pytest.fixture
-def sock_pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 async def recv_exactly(loop, sock, n):
     data = bytearray()
     while len(data) < n:

@@ -16,16 +16,6 @@ from _net import free_port, run
 
 
 @pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def udp_pair():
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -47,8 +37,8 @@ def listener():
     s.close()
 
 
-def test_sock_recv_and_sendall(loop, pair):
-    a, b = pair
+def test_sock_recv_and_sendall(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         recv = asyncio.ensure_future(loop.sock_recv(a, 100))
@@ -62,8 +52,8 @@ def test_sock_recv_and_sendall(loop, pair):
     run(loop, main())
 
 
-def test_sock_recv_returns_at_most_n(loop, pair):
-    a, b = pair
+def test_sock_recv_returns_at_most_n(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         await loop.sock_sendall(b, b'0123456789')
@@ -73,8 +63,8 @@ def test_sock_recv_returns_at_most_n(loop, pair):
     run(loop, main())
 
 
-def test_sock_recv_into(loop, pair):
-    a, b = pair
+def test_sock_recv_into(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         buf = bytearray(8)
@@ -95,8 +85,8 @@ def test_sock_recv_into(loop, pair):
     run(loop, main())
 
 
-def test_sock_sendall_large_payload(loop, pair):
-    a, b = pair
+def test_sock_sendall_large_payload(loop, sock_pair):
+    a, b = sock_pair
     payload = os.urandom(16 * 1024 * 1024)
 
     async def reader():
@@ -117,8 +107,8 @@ def test_sock_sendall_large_payload(loop, pair):
     run(loop, main())
 
 
-def test_sock_sendall_empty(loop, pair):
-    a, b = pair
+def test_sock_sendall_empty(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         assert await loop.sock_sendall(a, b'') is None
@@ -305,8 +295,8 @@ def test_sock_debug_requires_non_blocking(loop, listener):
     assert b.fileno() == -1
 
 
-def test_sock_cancelled_recv_releases_the_fd(loop, pair):
-    a, b = pair
+def test_sock_cancelled_recv_releases_the_fd(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         recv = asyncio.ensure_future(loop.sock_recv(a, 100))
@@ -342,8 +332,8 @@ def test_sock_cancelled_recv_into_and_recvfrom(loop, udp_pair):
     run(loop, main())
 
 
-def test_sock_cancelled_sendall_releases_the_fd(loop, pair):
-    a, b = pair
+def test_sock_cancelled_sendall_releases_the_fd(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         send = asyncio.ensure_future(loop.sock_sendall(a, b'x' * (16 * 1024 * 1024)))
@@ -407,8 +397,8 @@ def test_sock_cancelled_connect(loop, listener):
     run(loop, main())
 
 
-def test_sock_wait_for_timeout_on_recv(loop, pair):
-    a, b = pair
+def test_sock_wait_for_timeout_on_recv(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         with pytest.raises(TimeoutError):
@@ -419,8 +409,8 @@ def test_sock_wait_for_timeout_on_recv(loop, pair):
     run(loop, main())
 
 
-def test_sock_methods_are_coroutines(loop, pair):
-    a, b = pair
+def test_sock_methods_are_coroutines(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         b.send(b'xy')
@@ -432,8 +422,8 @@ def test_sock_methods_are_coroutines(loop, pair):
     run(loop, main())
 
 
-def test_sock_recv_argument_errors_are_the_socket_modules(loop, pair):
-    a, b = pair
+def test_sock_recv_argument_errors_are_the_socket_modules(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         with pytest.raises(ValueError, match='negative buffersize in recv'):
@@ -464,8 +454,8 @@ def test_sock_methods_on_a_closed_socket(loop):
     run(loop, main())
 
 
-def test_sock_sendall_accepts_bytes_like(loop, pair):
-    a, b = pair
+def test_sock_sendall_accepts_bytes_like(loop, sock_pair):
+    a, b = sock_pair
 
     async def main():
         await loop.sock_sendall(a, bytearray(b'ab'))
