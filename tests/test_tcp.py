@@ -275,7 +275,8 @@ def test_tcp_create_connection_multiple_identical_errors_raise_first(loop):
         closed.close()
 
 
-def test_tcp_create_connection_tries_next_address(loop):
+@pytest.mark.parametrize('extra', [{}, {'happy_eyeballs_delay': 0.05}], ids=['in-order', 'happy-eyeballs'])
+def test_tcp_create_connection_tries_next_address(loop, extra):
     closed, bad_port = free_port()
 
     async def main():
@@ -289,7 +290,7 @@ def test_tcp_create_connection_tries_next_address(loop):
                     (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, '', good),
                 ],
             )
-            tr, proto = await loop.create_connection(Recorder, 'multi.test', good[1])
+            tr, proto = await loop.create_connection(Recorder, 'multi.test', good[1], **extra)
             try:
                 assert tr.get_extra_info('peername') == good
             finally:
@@ -310,33 +311,6 @@ def test_tcp_create_connection_empty_resolution(loop):
             await loop.create_connection(Recorder, 'multi.test', 80)
 
     run(loop, main())
-
-
-def test_tcp_create_connection_happy_eyeballs(loop):
-    closed, bad_port = free_port()
-
-    async def main():
-        server, _ = await echo_server(loop)
-        async with server:
-            good = server.sockets[0].getsockname()
-            _fake_resolver(
-                loop,
-                [
-                    (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, '', ('127.0.0.1', bad_port)),
-                    (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, '', good),
-                ],
-            )
-            tr, proto = await loop.create_connection(Recorder, 'multi.test', good[1], happy_eyeballs_delay=0.05)
-            try:
-                assert tr.get_extra_info('peername') == good
-            finally:
-                tr.close()
-                await proto.lost
-
-    try:
-        run(loop, main())
-    finally:
-        closed.close()
 
 
 def test_tcp_create_connection_argument_errors(loop):
