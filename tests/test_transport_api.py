@@ -598,55 +598,41 @@ def test_transport_connection_lost_error_still_closes_socket(loop, kind, path):
     assert isinstance(contexts[0]['exception'], ValueError)
 
 
-def test_transport_buffered_protocol_buffer_updated_error(loop, kind, path):
+class BadUpdate(Buffered):
+    def buffer_updated(self, nbytes):
+        raise ValueError('updated')
+
+
+class BadGet(Buffered):
+    def get_buffer(self, sizehint):
+        raise ValueError('get')
+
+
+class ReadOnly(Buffered):
+    def get_buffer(self, sizehint):
+        return b'read-only buffer'
+
+
+@pytest.mark.parametrize(
+    ('protocol', 'exc_type', 'message'),
+    [
+        (BadUpdate, ValueError, 'Fatal error: protocol.buffer_updated() call failed.'),
+        (BadGet, ValueError, 'Fatal error: protocol.get_buffer() call failed.'),
+        (ReadOnly, TypeError, 'Fatal read error on socket transport'),
+    ],
+    ids=['buffer_updated-raises', 'get_buffer-raises', 'readonly-buffer'],
+)
+def test_transport_buffered_protocol_failure_is_fatal(loop, kind, path, protocol, exc_type, message):
     contexts = capture_errors(loop)
 
-    class BadUpdate(Buffered):
-        def buffer_updated(self, nbytes):
-            raise ValueError('updated')
-
     async def main():
-        async with stream_pair(loop, kind, path, server=BadUpdate) as (client, server):
+        async with stream_pair(loop, kind, path, server=protocol) as (client, server):
             client.transport.write(b'data')
             exc = await asyncio.wait_for(server.lost, 5)
-            assert isinstance(exc, ValueError)
+            assert isinstance(exc, exc_type)
 
     run(loop, main())
-    assert [c['message'] for c in contexts] == ['Fatal error: protocol.buffer_updated() call failed.']
-
-
-def test_transport_buffered_protocol_get_buffer_error(loop, kind, path):
-    contexts = capture_errors(loop)
-
-    class BadGet(Buffered):
-        def get_buffer(self, sizehint):
-            raise ValueError('get')
-
-    async def main():
-        async with stream_pair(loop, kind, path, server=BadGet) as (client, server):
-            client.transport.write(b'data')
-            exc = await asyncio.wait_for(server.lost, 5)
-            assert isinstance(exc, ValueError)
-
-    run(loop, main())
-    assert [c['message'] for c in contexts] == ['Fatal error: protocol.get_buffer() call failed.']
-
-
-def test_transport_buffered_protocol_readonly_buffer(loop, kind, path):
-    contexts = capture_errors(loop)
-
-    class ReadOnly(Buffered):
-        def get_buffer(self, sizehint):
-            return b'read-only buffer'
-
-    async def main():
-        async with stream_pair(loop, kind, path, server=ReadOnly) as (client, server):
-            client.transport.write(b'data')
-            exc = await asyncio.wait_for(server.lost, 5)
-            assert isinstance(exc, TypeError)
-
-    run(loop, main())
-    assert [c['message'] for c in contexts] == ['Fatal read error on socket transport']
+    assert [c['message'] for c in contexts] == [message]
 
 
 @pytest.mark.parametrize('exc_type', [KeyboardInterrupt, SystemExit])
