@@ -7,7 +7,7 @@ STAMP := $(VENV)/.deps-stamp
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-$(STAMP): requirements-dev.txt
+$(STAMP): requirements-dev.txt requirements-test.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -27,8 +27,8 @@ build-prod: $(STAMP) ## build the extension in release mode into .venv
 .PHONY: format
 format: $(STAMP) ## format Rust and Python sources
 	cargo fmt --all
-	ruff format python tests benches
-	ruff check --fix python tests benches
+	ruff format python tests benches tools
+	ruff check --fix python tests benches tools
 
 .PHONY: lint-rust
 lint-rust: $(STAMP) ## cargo fmt --check and clippy -D warnings
@@ -37,8 +37,8 @@ lint-rust: $(STAMP) ## cargo fmt --check and clippy -D warnings
 
 .PHONY: lint-python
 lint-python: $(STAMP) ## ruff, and stubtest for the .pyi stubs (needs the built extension)
-	ruff check python tests benches
-	ruff format --check python tests benches
+	ruff check python tests benches tools
+	ruff format --check python tests benches tools
 	$(PY) -m mypy.stubtest oxloop._oxloop --allowlist .mypy-stubtest-allowlist
 
 .PHONY: lint
@@ -49,12 +49,16 @@ test-rust: $(STAMP) ## cargo test for the Python-free core
 	cargo test --workspace
 
 .PHONY: test-python
-test-python: build-prod ## pytest: behaviour tests on oxloop and asyncio, then CPython's conformance suite
+test-python: build-prod ## pytest in .venv only (quick): behaviour tests on oxloop and asyncio, then CPython's conformance suite
 	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/cpython
 	$(PY) -m pytest tests/cpython -q -p no:cacheprovider
 
+.PHONY: test-matrix
+test-matrix: $(STAMP) ## both pytest suites on every CPython >= 3.11 found, each built with `pip install .`
+	$(PY) tools/matrix.py
+
 .PHONY: test
-test: test-rust build-prod lint test-python ## everything CI runs
+test: test-rust build-prod lint test-matrix ## everything CI runs: Rust tests, linters, pytest on every CPython
 
 .PHONY: tools
 tools: ## Debian tools the benchmarks use (wrk, valgrind), installed when missing
@@ -81,7 +85,7 @@ demo: build-prod tools ## the main job: servers under load on oxloop, uvloop and
 .PHONY: clean
 clean: ## remove build artefacts
 	cargo clean
-	rm -rf $(VENV) python/oxloop/*.so
+	rm -rf $(VENV) .venvs python/oxloop/*.so
 
 .PHONY: help
 help: ## list targets
