@@ -16,7 +16,9 @@ mod transports;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+/// `gil_used = true`: the loop's state is guarded by the GIL (`gil.rs`), so a
+/// free-threaded CPython re-enables the GIL when it imports this module.
+#[pymodule(gil_used = true)]
 fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
