@@ -94,13 +94,16 @@ impl<T> Registry<T> {
     }
 
     fn entry_mut(&mut self, fd: RawFd) -> Option<&mut Entry<T>> {
-        if fd < 0 {
+        // The per-event path: one bounds check for the dense table (never longer
+        // than DENSE_LIMIT), the map only for large fds when it holds any.
+        let i = usize::try_from(fd).ok()?;
+        if let Some(slot) = self.dense.get_mut(i) {
+            return slot.as_mut();
+        }
+        if i < DENSE_LIMIT || self.sparse.is_empty() {
             return None;
         }
-        match Self::dense_index(fd) {
-            Some(i) => self.dense.get_mut(i)?.as_mut(),
-            None => self.sparse.get_mut(&fd),
-        }
+        self.sparse.get_mut(&fd)
     }
 
     /// The entry for `fd`, if any.
