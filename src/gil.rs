@@ -78,6 +78,17 @@ impl<T> GilRefCell<T> {
         self.0.borrow_mut()
     }
 
+    /// Borrows mutably, or raises `RuntimeError` when already borrowed (Python code
+    /// that re-entered the loop while it held its state): for entry points that
+    /// return `PyResult`, so such a bug is an exception and not a `PanicException`.
+    pub fn try_borrow_mut<'a>(&'a self, _py: Python<'a>) -> PyResult<RefMut<'a, T>> {
+        self.0.try_borrow_mut().map_err(|_| {
+            pyo3::exceptions::PyRuntimeError::new_err(
+                "oxloop: loop state re-entered while in use (a bug in oxloop)",
+            )
+        })
+    }
+
     /// Reads the value for the garbage collector, unless it is borrowed right now.
     ///
     /// # Safety

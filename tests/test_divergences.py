@@ -53,29 +53,6 @@ def test_divergence_ready_and_scheduled_are_snapshots(loop, loop_impl):
         assert len(loop._ready) == 1
 
 
-def test_divergence_fd_closed_without_remove_reader_can_be_watched_again(loop, loop_impl):
-    a, b = socket.socketpair()
-    fd = a.fileno()
-    loop.add_reader(fd, print)
-    a.close()
-    b.close()
-    c, d = socket.socketpair()
-    try:
-        if c.fileno() != fd:
-            pytest.skip('the kernel did not reuse the fd number')
-        if loop_impl == 'oxloop':
-            loop.add_writer(fd, print)
-            assert loop.remove_writer(fd)
-        else:
-            # asyncio's selector still holds the closed fd's key: epoll_ctl(MOD) fails.
-            with pytest.raises(FileNotFoundError):
-                loop.add_writer(fd, print)
-        loop.remove_reader(fd)
-    finally:
-        c.close()
-        d.close()
-
-
 def test_divergence_sock_recv_on_a_blocking_socket_waits_for_readiness(loop, loop_impl):
     # asyncio (outside debug mode) calls the blocking recv() and blocks the whole loop
     # until data arrives; oxloop reads with MSG_DONTWAIT and waits for readiness.

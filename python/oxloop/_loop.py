@@ -281,9 +281,8 @@ class _SelectorView:
         loop = self._loop()
         if loop is None or loop.is_closed():
             raise KeyError(f'{fileobj!r} is not registered')
-        events, reader, writer = loop._fd_key(fileobj)
-        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
-        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+        registered, fd, events, reader, writer = loop._fd_key(fileobj)
+        return selectors.SelectorKey(registered, fd, events, (reader, writer))
 
     def get_map(self) -> dict[int, selectors.SelectorKey]:
         loop = self._loop()

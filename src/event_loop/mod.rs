@@ -55,11 +55,15 @@ impl TimerEntry for Timer {
     }
 }
 
-/// The callbacks watching one fd.
+/// The callbacks watching one fd. Holds Python objects: a value taken out of the
+/// registry is dropped after the state borrow ends.
 #[derive(Default)]
 pub(crate) struct FdWatch {
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    /// The file object registered, when it was not an int (asyncio's
+    /// `SelectorKey.fileobj`): found by identity once its `fileno()` is gone.
+    fileobj: Option<Py<PyAny>>,
 }
 
 impl FdWatch {
@@ -99,8 +103,8 @@ pub struct LoopCore {
     clock_resolution: f64,
 }
 
-/// `(events, reader, writer)` as a `selectors.SelectorKey` holds them.
-type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+/// `(fileobj, fd, events, reader, writer)` as a `selectors.SelectorKey` holds them.
+type FdKey = (Py<PyAny>, RawFd, u8, Option<Py<Handle>>, Option<Py<Handle>>);
 
 /// Which callback of an fd.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -520,21 +524,11 @@ impl LoopCore {
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_fd_callback(
-            slf,
-            readers::fileobj_to_fd(fd)?,
-            callback,
-            args,
-            Direction::Read,
-        )
+        Self::add_fileobj_callback(slf, fd, callback, args, Direction::Read)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        // CPython: a closed loop answers False before the file object is looked at.
-        if slf.get().closed() {
-            return Ok(false);
-        }
-        Self::remove_fd_callback(slf, readers::fileobj_to_fd(fd)?, Direction::Read)
+        Self::remove_fileobj_callback(slf, fd, Direction::Read)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -544,21 +538,11 @@ impl LoopCore {
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::add_fd_callback(
-            slf,
-            readers::fileobj_to_fd(fd)?,
-            callback,
-            args,
-            Direction::Write,
-        )
+        Self::add_fileobj_callback(slf, fd, callback, args, Direction::Write)
     }
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        // CPython: a closed loop answers False before the file object is looked at.
-        if slf.get().closed() {
-            return Ok(false);
-        }
-        Self::remove_fd_callback(slf, readers::fileobj_to_fd(fd)?, Direction::Write)
+        Self::remove_fileobj_callback(slf, fd, Direction::Write)
     }
 
     // ----- state read by BaseEventLoop's own methods ------------------------------
@@ -640,40 +624,68 @@ impl LoopCore {
         PyList::new(py, items)
     }
 
-    /// `(events, reader, writer)` of a watched fd, as a `selectors.SelectorKey`
-    /// holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2); `KeyError` when unwatched.
-    /// Backs the read-only `loop._selector` view.
+    /// `(fileobj, fd, events, reader, writer)` of a watched fd, as a
+    /// `selectors.SelectorKey` holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2), found
+    /// as `selectors` finds it (a closed file object by identity); `KeyError` when
+    /// unwatched. Backs the read-only `loop._selector` view.
     fn _fd_key(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<FdKey> {
-        let fd = readers::fileobj_to_fd(fileobj)?;
-        let st = self.state.borrow_mut(py);
-        let watch = st.fds.get(fd).ok_or_else(|| {
-            pyo3::exceptions::PyKeyError::new_err(format!(
+        let found = match self.lookup_fd(fileobj)? {
+            readers::FdArg::Fd(fd) => {
+                let st = self.state.try_borrow_mut(py)?;
+                st.fds.get(fd).map(|watch| {
+                    let interest = watch.interest();
+                    (
+                        fd,
+                        watch.fileobj.as_ref().map(|o| o.clone_ref(py)),
+                        u8::from(interest.read) | (u8::from(interest.write) << 1),
+                        watch.reader.as_ref().map(|h| h.clone_ref(py)),
+                        watch.writer.as_ref().map(|h| h.clone_ref(py)),
+                    )
+                })
+            }
+            readers::FdArg::TooBig => None,
+        };
+        // Python code (repr, int creation) only once the borrow has ended.
+        let Some((fd, registered, events, reader, writer)) = found else {
+            return Err(pyo3::exceptions::PyKeyError::new_err(format!(
                 "{} is not registered",
-                fileobj.repr().map(|r| r.to_string()).unwrap_or_default()
-            ))
-        })?;
-        let interest = watch.interest();
-        let events = u8::from(interest.read) | (u8::from(interest.write) << 1);
-        Ok((
-            events,
-            watch.reader.as_ref().map(|h| h.clone_ref(py)),
-            watch.writer.as_ref().map(|h| h.clone_ref(py)),
-        ))
+                fileobj.repr()?
+            )));
+        };
+        let registered = match registered {
+            Some(obj) => obj,
+            None => fd.into_pyobject(py)?.into_any().unbind(),
+        };
+        Ok((registered, fd, events, reader, writer))
     }
 
     /// The fds being watched (for the selector view's `get_map()`).
-    fn _watched_fds(&self, py: Python<'_>) -> Vec<i32> {
+    fn _watched_fds(&self, py: Python<'_>) -> PyResult<Vec<i32>> {
         let mut fds = Vec::new();
-        self.state.borrow_mut(py).fds.for_each(|fd, _| fds.push(fd));
-        fds
+        self.state
+            .try_borrow_mut(py)?
+            .fds
+            .for_each(|fd, _| fds.push(fd));
+        Ok(fds)
     }
 
     /// After `fork()`, in the child: a fresh epoll instance and eventfd, with every
-    /// watched fd registered again, so parent and child no longer share them.
+    /// watched fd registered again, so parent and child no longer share them. Only
+    /// registrations the kernel still holds for the same file are made again: one
+    /// whose fd was closed (and its number perhaps reused) stays unarmed, as it was
+    /// before the fork, instead of handing its callback another file's events.
     fn _after_fork(&self, py: Python<'_>) -> PyResult<()> {
         if self.closed() {
             return Ok(());
         }
+        // Asked of the old instance (shared with the parent) before it is replaced.
+        // Without /proc, every registration is made again, as before.
+        let kernel: Option<std::collections::HashMap<RawFd, (u64, u64)>> =
+            self.poller.registrations().ok().map(|regs| {
+                regs.into_iter()
+                    .map(|r| (r.fd, (r.token, r.inode)))
+                    .collect()
+            });
         self.poller.reopen().map_err(|e| os_error(&e))?;
         self.waker.reopen().map_err(|e| os_error(&e))?;
         self.poller
@@ -683,19 +695,33 @@ impl LoopCore {
                 Interest::READ,
             )
             .map_err(|e| os_error(&e))?;
-        let st = self.state.borrow_mut(py);
-        let mut result = Ok(());
-        st.fds.for_each(|fd, watch| {
-            if let (Ok(()), Some(token)) = (&result, st.fds.token(fd)) {
-                result = self.poller.add(fd, token, watch.interest());
+        let mut watched = Vec::new();
+        {
+            let st = self.state.try_borrow_mut(py)?;
+            st.fds.for_each(|fd, watch| {
+                if let Some(token) = st.fds.token(fd) {
+                    watched.push((fd, token, watch.interest()));
+                }
+            });
+        }
+        for (fd, token, interest) in watched {
+            let same_file = kernel.as_ref().is_none_or(|regs| {
+                regs.get(&fd).is_some_and(|&(t, inode)| {
+                    t == token && oxloop_core::poller::inode_of(fd).is_ok_and(|i| i == inode)
+                })
+            });
+            if same_file {
+                self.poller
+                    .add(fd, token, interest)
+                    .map_err(|e| os_error(&e))?;
             }
-        });
-        result.map_err(|e| os_error(&e))
+        }
+        Ok(())
     }
 
     /// The number of fds with a reader or writer (introspection for tests).
-    fn _fd_watch_count(&self, py: Python<'_>) -> usize {
-        self.state.borrow_mut(py).fds.len()
+    fn _fd_watch_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.state.try_borrow_mut(py)?.fds.len())
     }
 
     // ----- garbage collection -----------------------------------------------------
@@ -718,7 +744,10 @@ impl LoopCore {
         let mut result = Ok(());
         st.fds.for_each(|_, w| {
             if result.is_ok() {
-                result = visit.call(&w.reader).and_then(|()| visit.call(&w.writer));
+                result = visit
+                    .call(&w.reader)
+                    .and_then(|()| visit.call(&w.writer))
+                    .and_then(|()| visit.call(&w.fileobj));
             }
         });
         result

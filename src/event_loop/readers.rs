@@ -1,30 +1,56 @@
 //! `add_reader`/`add_writer` and their removal: level-triggered fd callbacks.
 //!
 //! Mirrors `Lib/asyncio/selector_events.py` (`_add_reader`, `_remove_reader`, …)
-//! and `selectors._fileobj_to_fd` for the accepted fd forms and their errors.
+//! over `selectors.EpollSelector`: `_fileobj_to_fd` and `_fileobj_lookup` for the
+//! accepted file objects and their errors, `register`/`modify`/`unregister` for
+//! what reaches the kernel. The kernel is asked before anything is stored, and an
+//! error from it (`ENOENT`/`EBADF` for a closed or reused fd) is reported and drops
+//! the registration, never answered by registering the number again: that would
+//! hand a stale callback the data of the file that now has the number.
 
 use std::os::fd::RawFd;
 
-use oxloop_core::poller::Interest;
-use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyInt, PyString, PyTuple};
 
 use super::{Direction, FdWatch, LoopCore, State};
 use crate::errors::os_error;
 use crate::handles::Handle;
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
-pub(crate) fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// A file object resolved to an fd, as `selectors` resolves it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdArg {
+    /// A valid fd number.
+    Fd(RawFd),
+    /// A non-negative int beyond a C int: never registered, and `epoll_ctl`
+    /// refuses it with `OverflowError`.
+    TooBig,
+}
+
+impl FdArg {
+    /// The fd for `epoll_ctl`: `OverflowError` as `select.epoll.register` raises it.
+    fn for_kernel(self) -> PyResult<RawFd> {
+        match self {
+            Self::Fd(fd) => Ok(fd),
+            Self::TooBig => Err(PyOverflowError::new_err(
+                "Python int too large to convert to C int",
+            )),
+        }
+    }
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`. Runs Python
+/// code (`fileno()`, `int()`, `repr()`): never call it with loop state borrowed.
+pub(crate) fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<FdArg> {
     let py = fileobj.py();
-    let fd: i64 = if fileobj.is_instance_of::<PyInt>() {
-        fileobj.extract()?
+    let fd = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.clone()
     } else {
-        let fd = fileobj
+        match fileobj
             .call_method0(pyo3::intern!(py, "fileno"))
             .and_then(|n| py.get_type::<PyInt>().call1((n,)))
-            .and_then(|n| n.extract::<i64>());
-        match fd {
+        {
             Ok(fd) => fd,
             Err(e)
                 if e.is_instance_of::<PyAttributeError>(py)
@@ -39,50 +65,101 @@ pub(crate) fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             Err(e) => return Err(e),
         }
     };
-    if fd < 0 {
+    let negative = match fd.extract::<i64>() {
+        Ok(n) => n < 0,
+        // Beyond 64 bits: only the sign matters.
+        Err(_) => fd.lt(0)?,
+    };
+    if negative {
+        let text = PyString::new(py, "{}").call_method1(pyo3::intern!(py, "format"), (&fd,))?;
         return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
+            "Invalid file descriptor: {text}"
         )));
     }
-    RawFd::try_from(fd)
-        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("fd is greater than maximum"))
+    Ok(fd
+        .extract::<i64>()
+        .ok()
+        .and_then(|n| RawFd::try_from(n).ok())
+        .map_or(FdArg::TooBig, FdArg::Fd))
+}
+
+/// What [`LoopCore::unwatch`] took out of the registry. Everything in it is
+/// released by the caller after the state borrow ends (dropping a `Py` may run
+/// Python code).
+#[derive(Default)]
+pub(crate) struct Unwatched {
+    /// The callback removed.
+    pub(crate) handle: Option<Py<Handle>>,
+    /// The whole registration, when it went away.
+    pub(crate) rest: Option<FdWatch>,
+    /// The kernel refused to change the registration (which is dropped then).
+    pub(crate) error: Option<std::io::Error>,
+}
+
+/// What `watch` leaves to release or raise once the state borrow ends.
+#[derive(Default)]
+struct Watched {
+    /// The callback replaced (cancelled on success, as asyncio does).
+    old: Option<Py<Handle>>,
+    /// A registration dropped because the kernel refused it, or a value not stored.
+    dropped: Option<FdWatch>,
+    error: Option<std::io::Error>,
 }
 
 impl LoopCore {
-    /// Applies `watch`'s interest to the poller. A registration that vanished
-    /// because the fd was closed (epoll forgets closed fds) is made again.
-    fn apply_interest(&self, fd: RawFd, token: u64, interest: Interest) -> std::io::Result<()> {
-        match self.poller.modify(fd, token, interest) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                self.poller.add(fd, token, interest)
+    /// `selectors._BaseSelectorImpl._fileobj_lookup`: the fd of `fileobj`, or,
+    /// when it has none any more (a closed socket's `fileno()` is -1), the fd this
+    /// very object was registered with. Runs Python code before borrowing.
+    pub(crate) fn lookup_fd(&self, fileobj: &Bound<'_, PyAny>) -> PyResult<FdArg> {
+        let py = fileobj.py();
+        match fileobj_to_fd(fileobj) {
+            Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                let target = fileobj.as_ptr();
+                let found = self.state.try_borrow_mut(py)?.fds.find(|w| {
+                    w.fileobj
+                        .as_ref()
+                        .is_some_and(|o| std::ptr::eq(o.as_ptr(), target))
+                });
+                found.map(FdArg::Fd).ok_or(e)
             }
             other => other,
         }
     }
 
     /// Removes one callback of `fd`; unregisters the fd when none is left.
-    /// Returns the removed handle, to be cancelled/dropped outside the borrow.
-    pub(super) fn unwatch(
-        &self,
-        st: &mut State,
-        fd: RawFd,
-        direction: Direction,
-    ) -> Option<Py<Handle>> {
-        let watch = st.fds.get_mut(fd)?;
-        let old = match direction {
+    pub(super) fn unwatch(&self, st: &mut State, fd: RawFd, direction: Direction) -> Unwatched {
+        let token = st.fds.token(fd);
+        let Some(watch) = st.fds.get_mut(fd) else {
+            return Unwatched::default();
+        };
+        let handle = match direction {
             Direction::Read => watch.reader.take(),
             Direction::Write => watch.writer.take(),
         };
         let interest = watch.interest();
         if interest.is_empty() {
-            st.fds.remove(fd);
+            let rest = st.fds.remove(fd);
             // CPython: EpollSelector.unregister ignores OSError (the fd may be closed).
             let _ = self.poller.delete(fd);
-        } else if let Some(token) = st.fds.token(fd) {
-            // Same as above: a failure here only means epoll already forgot the fd.
-            let _ = self.apply_interest(fd, token, interest);
+            return Unwatched {
+                handle,
+                rest,
+                error: None,
+            };
         }
-        old
+        match self.poller.modify(fd, token.unwrap_or_default(), interest) {
+            Ok(()) => Unwatched {
+                handle,
+                rest: None,
+                error: None,
+            },
+            // CPython: EpollSelector.modify drops the key and raises.
+            Err(e) => Unwatched {
+                handle,
+                rest: st.fds.remove(fd),
+                error: Some(e),
+            },
+        }
     }
 
     /// Watches `fd` (asyncio's `_add_reader`/`_add_writer` once the file object is
@@ -94,47 +171,94 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         direction: Direction,
     ) -> PyResult<Bound<'py, Handle>> {
+        Self::watch(slf, fd, None, callback, args, direction)
+    }
+
+    /// `add_fd_callback` that remembers the file object (not an int) it was given,
+    /// to be found by identity once it is closed (asyncio's `SelectorKey.fileobj`).
+    pub(super) fn watch<'py>(
+        slf: &Bound<'py, Self>,
+        fd: RawFd,
+        fileobj: Option<&Bound<'py, PyAny>>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        direction: Direction,
+    ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let handle = Bound::new(py, Self::handle_for(slf, callback, args, None)?)?;
         let new = Some(handle.clone().unbind());
-        let (old, failed) = {
-            let mut st = this.state.borrow_mut(py);
+        let outcome = {
+            let mut st = this.state.try_borrow_mut(py)?;
+            let st = &mut *st;
+            let token = st.fds.token(fd);
             if let Some(watch) = st.fds.get_mut(fd) {
+                let before = watch.interest();
                 let old = match direction {
                     Direction::Read => std::mem::replace(&mut watch.reader, new),
                     Direction::Write => std::mem::replace(&mut watch.writer, new),
                 };
                 let interest = watch.interest();
-                let token = st.fds.token(fd).unwrap_or_default();
-                (
-                    old,
-                    this.apply_interest(fd, token, interest)
-                        .err()
-                        .map(|e| (e, None)),
-                )
+                // CPython: EpollSelector.modify calls epoll only when the events
+                // change, and on failure drops the key (the callbacks it had are
+                // not cancelled) and raises.
+                let changed = if interest == before {
+                    Ok(())
+                } else {
+                    this.poller.modify(fd, token.unwrap_or_default(), interest)
+                };
+                match changed {
+                    Ok(()) => Watched {
+                        old,
+                        ..Watched::default()
+                    },
+                    Err(e) => Watched {
+                        old,
+                        dropped: st.fds.remove(fd),
+                        error: Some(e),
+                    },
+                }
             } else {
-                let mut watch = FdWatch::default();
+                let mut watch = FdWatch {
+                    fileobj: fileobj.map(|o| o.clone().unbind()),
+                    ..FdWatch::default()
+                };
                 match direction {
                     Direction::Read => watch.reader = new,
                     Direction::Write => watch.writer = new,
                 }
-                let interest = watch.interest();
-                match st.fds.insert(fd, watch) {
-                    Ok(token) => match this.poller.add(fd, token, interest) {
-                        Ok(()) => (None, None),
-                        Err(e) => (None, Some((e, st.fds.remove(fd)))),
+                // Ask the kernel first: an fd it refuses (closed, 2**31 - 1) costs
+                // nothing in the registry.
+                let added = match st.fds.vacant_token(fd) {
+                    Some(token) => this.poller.add(fd, token, watch.interest()).map(|()| token),
+                    None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+                };
+                match added {
+                    Ok(token) => match st.fds.insert(fd, watch) {
+                        Ok(stored) => {
+                            debug_assert_eq!(stored, token);
+                            Watched::default()
+                        }
+                        Err(watch) => Watched {
+                            dropped: Some(watch),
+                            ..Watched::default()
+                        },
                     },
-                    Err(_) => (None, None),
+                    Err(e) => Watched {
+                        old: None,
+                        dropped: Some(watch),
+                        error: Some(e),
+                    },
                 }
             }
         };
-        if let Some((err, watch)) = failed {
-            drop(watch);
+        drop(outcome.dropped);
+        if let Some(err) = outcome.error {
+            drop(outcome.old);
             return Err(os_error(&err));
         }
-        if let Some(old) = old {
+        if let Some(old) = outcome.old {
             Handle::cancel_impl(old.bind(py))?;
         }
         Ok(handle)
@@ -152,11 +276,22 @@ impl LoopCore {
         if this.closed() {
             return Ok(false);
         }
-        let old = {
-            let mut st = this.state.borrow_mut(py);
+        let unwatched = {
+            let mut st = this.state.try_borrow_mut(py)?;
             this.unwatch(&mut st, fd, direction)
         };
-        match old {
+        let Unwatched {
+            handle,
+            rest,
+            error,
+        } = unwatched;
+        drop(rest);
+        if let Some(err) = error {
+            // CPython raises before cancelling the callback.
+            drop(handle);
+            return Err(os_error(&err));
+        }
+        match handle {
             Some(handle) => {
                 Handle::cancel_impl(handle.bind(py))?;
                 Ok(true)
@@ -164,9 +299,40 @@ impl LoopCore {
             None => Ok(false),
         }
     }
-}
 
-impl LoopCore {
+    /// asyncio's `_add_reader`/`_add_writer` with the file object as given.
+    pub(super) fn add_fileobj_callback<'py>(
+        slf: &Bound<'py, Self>,
+        fileobj: &Bound<'py, PyAny>,
+        callback: &Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        direction: Direction,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let this = slf.get();
+        // CPython: _check_closed() comes before the file object is looked at.
+        this.check_closed()?;
+        let fd = this.lookup_fd(fileobj)?.for_kernel()?;
+        let keep = (!fileobj.is_instance_of::<PyInt>()).then_some(fileobj);
+        Self::watch(slf, fd, keep, callback, args, direction)
+    }
+
+    /// asyncio's `_remove_reader`/`_remove_writer` with the file object as given.
+    pub(super) fn remove_fileobj_callback(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        direction: Direction,
+    ) -> PyResult<bool> {
+        let this = slf.get();
+        // CPython: a closed loop answers False before the file object is looked at.
+        if this.closed() {
+            return Ok(false);
+        }
+        match this.lookup_fd(fileobj)? {
+            FdArg::Fd(fd) => Self::remove_fd_callback(slf, fd, direction),
+            FdArg::TooBig => Ok(false),
+        }
+    }
+
     pub(crate) fn is_watching(&self, py: Python<'_>, fd: RawFd, direction: Direction) -> bool {
         let st = self.state.borrow_mut(py);
         st.fds.get(fd).is_some_and(|w| match direction {

@@ -111,9 +111,7 @@ impl LoopCore {
             st.events = events;
             for (fd, direction) in cancelled_watchers {
                 // CPython: a cancelled reader/writer found ready is unregistered.
-                if let Some(handle) = this.unwatch(st, fd, direction) {
-                    removed.push(handle);
-                }
+                removed.push(this.unwatch(st, fd, direction));
             }
             let end_time = clock::monotonic() + this.clock_resolution;
             while let Some(timer) = st.timers.pop_due(end_time) {

@@ -260,6 +260,72 @@ impl Poller {
     }
 }
 
+/// One registration of an epoll instance, as the kernel lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The watched fd number.
+    pub fd: RawFd,
+    /// The token it was registered with.
+    pub token: u64,
+    /// The inode of the file it was registered for (which file, not which number).
+    pub inode: u64,
+}
+
+impl Poller {
+    /// What the kernel has registered in this instance, from
+    /// `/proc/self/fdinfo/<epfd>` (after `fork()` this tells which registrations
+    /// still refer to the file that was registered, and not to a reuse of its number).
+    ///
+    /// # Errors
+    /// Reading `/proc` failed (not mounted), or the poller is closed.
+    pub fn registrations(&self) -> io::Result<Vec<Registration>> {
+        let epfd = self.epfd.load(Ordering::Acquire);
+        if epfd < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{epfd}"))?;
+        Ok(text.lines().filter_map(parse_fdinfo_line).collect())
+    }
+}
+
+/// `tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x` (fs/eventpoll.c).
+fn parse_fdinfo_line(line: &str) -> Option<Registration> {
+    let mut fd = None;
+    let mut token = None;
+    let mut inode = None;
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        let (key, value) = match word.split_once(':') {
+            Some((key, "")) => (key, words.next()?),
+            Some((key, value)) => (key, value),
+            None => continue,
+        };
+        match key {
+            "tfd" => fd = value.parse().ok(),
+            "data" => token = u64::from_str_radix(value, 16).ok(),
+            "ino" => inode = u64::from_str_radix(value, 16).ok(),
+            _ => {}
+        }
+    }
+    Some(Registration {
+        fd: fd?,
+        token: token?,
+        inode: inode?,
+    })
+}
+
+/// The inode of the file `fd` refers to now.
+///
+/// # Errors
+/// The `fstat` error (`EBADF` for a closed fd).
+pub fn inode_of(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable for the call; fstat validates `fd` itself.
+    cvt(unsafe { libc::fstat(fd, &raw mut st) })?;
+    Ok(st.st_ino)
+}
+
 impl AsRawFd for Poller {
     fn as_raw_fd(&self) -> RawFd {
         self.epfd.load(Ordering::Acquire)

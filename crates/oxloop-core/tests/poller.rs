@@ -134,3 +134,40 @@ fn reopen_gives_an_empty_interest_list() {
     assert_eq!(wait(&p, 100).len(), 1);
     assert!(before >= 0 && p.as_raw_fd() >= 0);
 }
+
+/// Puts `file`'s open file at fd number `fd` (closing what was there), the way a
+/// number is reused after a close, without racing the other tests for numbers.
+fn reuse_number(fd: i32, file: &impl AsRawFd) {
+    // SAFETY: both fds are open and owned by the test; `fd` stays owned by its
+    // original owner, which now holds the other file.
+    assert_eq!(unsafe { libc::dup2(file.as_raw_fd(), fd) }, fd);
+}
+
+#[test]
+fn registrations_tell_a_reused_fd_number_from_the_registered_file() {
+    use oxloop_core::poller::inode_of;
+    let p = Poller::new().unwrap();
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    p.add(fd, 0xabcd_0000_0000 | 7, Interest::BOTH).unwrap();
+    let regs = p.registrations().unwrap();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].fd, fd);
+    assert_eq!(regs[0].token, 0xabcd_0000_0000 | 7);
+    assert_eq!(regs[0].inode, inode_of(fd).unwrap());
+    // Closing the file removes it from epoll; the number, reused, is another file.
+    let (c, _d) = UnixStream::pair().unwrap();
+    reuse_number(fd, &c);
+    assert!(p.registrations().unwrap().is_empty());
+    // A registration that outlives its number (the file has another fd) keeps
+    // the old inode.
+    let registered = inode_of(fd).unwrap();
+    p.add(fd, 1, Interest::READ).unwrap();
+    let (e, _f) = UnixStream::pair().unwrap();
+    reuse_number(fd, &e);
+    let regs = p.registrations().unwrap();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].inode, registered);
+    assert_ne!(inode_of(fd).unwrap(), registered);
+    drop((a, c, e));
+}
