@@ -572,9 +572,12 @@ impl LoopCore {
         self.debug()
     }
 
+    /// asyncio stores whatever `set_debug()` was given and tests its truth; the
+    /// flag is read per callback, so oxloop keeps only the truth value.
     #[setter(_debug)]
-    fn set_debug_attr(&self, value: bool) {
-        self.debug.store(value, Ordering::Relaxed);
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Ordering::Relaxed);
+        Ok(())
     }
 
     #[getter(_thread_id)]
