@@ -139,7 +139,7 @@ def test_close_twice_from_two_threads(loop_factory):
         barrier = threading.Barrier(2)
         errors: list = []
 
-        def close(lp=loop, b=barrier):
+        def close(lp=loop, b=barrier, errors=errors):
             b.wait()
             try:
                 lp.close()
