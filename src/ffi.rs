@@ -202,6 +202,7 @@ extern "C" {
 }
 
 /// A new, uninitialised `bytes` of `size`, or NULL (the exception cleared).
+/// `size` fits a `Py_ssize_t` (checked by the caller).
 fn new_uninit_bytes(size: usize) -> *mut ffi::PyObject {
     let size = ffi::Py_ssize_t::try_from(size).unwrap_or(ffi::Py_ssize_t::MAX);
     // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
@@ -277,9 +278,14 @@ pub fn read_into_new_bytes(
     max: usize,
     how: ReadCall,
 ) -> std::io::Result<Option<Bound<'_, PyAny>>> {
+    // As socket.recv(n) and os.read(fd, n): a size over PY_SSIZE_T_MAX is an
+    // OverflowError, a failed allocation a MemoryError (never an OSError).
+    if ffi::Py_ssize_t::try_from(max).is_err() {
+        return Err(crate::errors::AllocError::TooLarge.into_io());
+    }
     let mut obj = new_read_bytes(max);
     if obj.is_null() {
-        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        return Err(crate::errors::AllocError::NoMemory.into_io());
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
     let n = unsafe {
@@ -299,7 +305,7 @@ pub fn read_into_new_bytes(
     if unsafe { _PyBytes_Resize(&raw mut obj, n) } < 0 {
         // SAFETY: an exception (MemoryError) is set.
         unsafe { ffi::PyErr_Clear() };
-        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        return Err(crate::errors::AllocError::NoMemory.into_io());
     }
     // SAFETY: `obj` is a valid new reference.
     Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }))

@@ -8,7 +8,10 @@ thread is: blocked in the poll, running Python callbacks, in a protocol method
 called by a transport, in tasks, or in the exception handler.
 """
 
+import asyncio
+
 import pytest
+from conftest import new_loop
 
 # Each scenario starts the loop in a daemon thread, lets it run a little, then the
 # main thread returns and the interpreter exits under it.
@@ -113,3 +116,27 @@ def test_exit_while_daemon_thread_runs_loop(loop_impl, run_python, scenario):
         assert 'FATAL' not in proc.stderr
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip() == 'main done'
+
+
+def sock_recv_errors(loop, sock_pair) -> list[str]:
+    a, _ = sock_pair
+    out = []
+    for n in (2**40, 2**62, 2**63, 2**64):
+        try:
+            loop.run_until_complete(asyncio.wait_for(loop.sock_recv(a, n), 5))
+            out.append('ok')
+        except Exception as exc:  # noqa: BLE001 - the types are compared
+            out.append(type(exc).__name__)
+    return out
+
+
+def test_sock_recv_huge_size_raises_as_asyncio(loop, sock_pair):
+    """No allocation sized by the input, and asyncio's errors: MemoryError when the
+    buffer cannot be had, OverflowError past Py_ssize_t, never an OSError."""
+    reference = new_loop('asyncio')
+    try:
+        expected = sock_recv_errors(reference, sock_pair)
+    finally:
+        reference.close()
+    assert 'OSError' not in expected
+    assert sock_recv_errors(loop, sock_pair) == expected
