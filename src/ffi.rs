@@ -83,20 +83,22 @@ type CallArgs = unsafe extern "C-unwind" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
+type CCallNoArgs = unsafe extern "C" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
+type CCallArgs = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
 fn unwinding_calls() -> (CallNoArgs, CallArgs) {
-    let no_args: unsafe extern "C" fn(*mut ffi::PyObject) -> *mut ffi::PyObject =
-        ffi::PyObject_CallNoArgs;
-    let args: unsafe extern "C" fn(
-        *mut ffi::PyObject,
-        *mut ffi::PyObject,
-        *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject = ffi::PyObject_Call;
+    let no_args: CCallNoArgs = ffi::PyObject_CallNoArgs;
+    let args: CCallArgs = ffi::PyObject_Call;
     // SAFETY: the same functions with the same arguments; only the unwind ABI
     // differs, and the C functions do unwind (pthread_exit) at interpreter exit.
     unsafe {
         std::hint::black_box((
-            std::mem::transmute::<_, CallNoArgs>(no_args),
-            std::mem::transmute::<_, CallArgs>(args),
+            std::mem::transmute::<CCallNoArgs, CallNoArgs>(no_args),
+            std::mem::transmute::<CCallArgs, CallArgs>(args),
         ))
     }
 }
