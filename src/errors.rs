@@ -8,11 +8,46 @@
 
 use std::io;
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyOverflowError};
 use pyo3::PyErr;
 
-/// `OSError(errno, strerror)` for an OS error; a plain `OSError(message)` otherwise.
+/// A buffer for a read could not be allocated: not an OS error, and raised as
+/// CPython's `socket.recv`/`os.read` raise it, carried inside an `io::Error` so
+/// that the read paths keep one error type.
+#[derive(Debug)]
+pub enum AllocError {
+    /// The size does not fit a `Py_ssize_t`: `OverflowError`.
+    TooLarge,
+    /// The allocator refused: `MemoryError`.
+    NoMemory,
+}
+
+impl std::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TooLarge => "Python int too large to convert to C ssize_t",
+            Self::NoMemory => "",
+        })
+    }
+}
+
+impl std::error::Error for AllocError {}
+
+impl AllocError {
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::OutOfMemory, self)
+    }
+}
+
+/// `OSError(errno, strerror)` for an OS error; `MemoryError`/`OverflowError` for an
+/// [`AllocError`]; a plain `OSError(message)` otherwise.
 pub fn os_error(err: &io::Error) -> PyErr {
+    if let Some(alloc) = err.get_ref().and_then(|e| e.downcast_ref::<AllocError>()) {
+        return match alloc {
+            AllocError::TooLarge => PyOverflowError::new_err(alloc.to_string()),
+            AllocError::NoMemory => PyMemoryError::new_err(()),
+        };
+    }
     match err.raw_os_error() {
         Some(errno) => PyOSError::new_err((errno, strerror(errno))),
         None => PyOSError::new_err(err.to_string()),

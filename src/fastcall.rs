@@ -113,7 +113,7 @@ unsafe fn trampoline(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: `slf` is a live, borrowed instance of LoopCore (see above).
         let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
-        body(&slf)
+        crate::ffi::hang_on_forced_unwind(|| body(&slf))
     }));
     match result {
         Ok(Ok(obj)) => obj.into_ptr(),

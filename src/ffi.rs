@@ -1,6 +1,7 @@
 //! The crate's raw `pyo3::ffi` calls: running a callback inside a
-//! `contextvars.Context` without going through `Context.run`, signals, and reading
-//! straight into a fresh `bytes`.
+//! `contextvars.Context` without going through `Context.run`, calls into Python
+//! that a forced unwind may leave, signals, and reading straight into a fresh
+//! `bytes`.
 
 use std::cell::Cell;
 
@@ -38,6 +39,103 @@ fn with_context<T>(
     result
 }
 
+/// Hangs the thread when dropped by an unwind that is not a Rust panic.
+///
+/// At interpreter exit CPython (up to 3.13) ends a daemon thread that re-takes the
+/// GIL with `pthread_exit`, a forced unwind of the thread's stack. Through Rust
+/// frames that unwind would drop Python objects without the GIL (a crash while
+/// the main thread finalises) and reach a `catch_unwind` (ours, or PyO3's method
+/// trampolines), which cannot stop it: the process aborts with "FATAL: exception
+/// not rethrown". Parking the thread for good where the unwind first meets Rust is
+/// what CPython 3.14 does itself (gh-87135) and PyO3 does around
+/// `PyEval_RestoreThread`. A Rust panic passes through (`panicking()` is true).
+struct HangOnForcedUnwind;
+
+impl Drop for HangOnForcedUnwind {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+/// Runs `body`; a forced unwind out of it parks the thread instead of going on
+/// (see [`HangOnForcedUnwind`]). For entry points that hold a `catch_unwind`.
+pub fn hang_on_forced_unwind<T>(body: impl FnOnce() -> T) -> T {
+    let guard = HangOnForcedUnwind;
+    let out = body();
+    std::mem::forget(guard);
+    out
+}
+
+/// `PyObject_CallNoArgs` and `PyObject_Call` as `C-unwind` function pointers. A
+/// daemon thread's forced unwind starts inside them, and only a call the compiler
+/// knows may unwind gets an unwind-table entry, so runs the guard's drop (at a
+/// `C` call the unwinder finds none and aborts). Declaring the symbols again as
+/// `C-unwind` is not enough: under LTO the one declaration keeps pyo3-ffi's
+/// `nounwind`. `black_box` hides the callee, so the call stays one that may unwind.
+type CallNoArgs = unsafe extern "C-unwind" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
+type CallArgs = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+type CCallNoArgs = unsafe extern "C" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
+type CCallArgs = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+fn unwinding_calls() -> (CallNoArgs, CallArgs) {
+    let no_args: CCallNoArgs = ffi::PyObject_CallNoArgs;
+    let args: CCallArgs = ffi::PyObject_Call;
+    // SAFETY: the same functions with the same arguments; only the unwind ABI
+    // differs, and the C functions do unwind (pthread_exit) at interpreter exit.
+    unsafe {
+        std::hint::black_box((
+            std::mem::transmute::<CCallNoArgs, CallNoArgs>(no_args),
+            std::mem::transmute::<CCallArgs, CallArgs>(args),
+        ))
+    }
+}
+
+/// `callable(*args)`, where the interpreter's exit may end the thread (see
+/// [`HangOnForcedUnwind`]): use it for every call into Python code that runs on the
+/// loop's thread.
+pub fn call<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let guard = HangOnForcedUnwind;
+    // SAFETY: attached (token); both objects are live for the call; returns a new
+    // reference or NULL with an exception set.
+    let out = unsafe {
+        let (no_args, with_args) = unwinding_calls();
+        if args.is_empty() {
+            no_args(callable.as_ptr())
+        } else {
+            with_args(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+        }
+    };
+    std::mem::forget(guard);
+    // SAFETY: as above.
+    unsafe { Bound::from_owned_ptr_or_err(py, out) }
+}
+
+/// `obj.name(*args)` as [`call`].
+pub fn call_method<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    call(&obj.getattr(name)?, args)
+}
+
 /// `context.run(callback, *args)`, discarding the result.
 pub fn run_in_context(
     py: Python<'_>,
@@ -45,13 +143,7 @@ pub fn run_in_context(
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
-    with_context(py, context, || {
-        if args.is_empty() {
-            callback.call0().map(drop)
-        } else {
-            callback.call1(args).map(drop)
-        }
-    })
+    with_context(py, context, || call(callback, args).map(drop))
 }
 
 /// `context.run(method)` for a native transport's bound method: calls `native` on
@@ -78,13 +170,14 @@ pub fn run_native_in_context(
     // SAFETY: as above, a live borrowed reference.
     let target = unsafe { Bound::from_borrowed_ptr(py, target) };
     with_context(py, context, || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| native(&target))).unwrap_or_else(
-            |payload| {
-                Err(pyo3::panic::PanicException::new_err(
-                    crate::fastcall::panic_message(&*payload),
-                ))
-            },
-        )
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hang_on_forced_unwind(|| native(&target))
+        }))
+        .unwrap_or_else(|payload| {
+            Err(pyo3::panic::PanicException::new_err(
+                crate::fastcall::panic_message(&*payload),
+            ))
+        })
     })
 }
 
@@ -111,6 +204,7 @@ extern "C" {
 }
 
 /// A new, uninitialised `bytes` of `size`, or NULL (the exception cleared).
+/// `size` fits a `Py_ssize_t` (checked by the caller).
 fn new_uninit_bytes(size: usize) -> *mut ffi::PyObject {
     let size = ffi::Py_ssize_t::try_from(size).unwrap_or(ffi::Py_ssize_t::MAX);
     // SAFETY: a NULL source asks CPython for an uninitialised bytes of `size`.
@@ -186,9 +280,14 @@ pub fn read_into_new_bytes(
     max: usize,
     how: ReadCall,
 ) -> std::io::Result<Option<Bound<'_, PyAny>>> {
+    // As socket.recv(n) and os.read(fd, n): a size over PY_SSIZE_T_MAX is an
+    // OverflowError, a failed allocation a MemoryError (never an OSError).
+    if ffi::Py_ssize_t::try_from(max).is_err() {
+        return Err(crate::errors::AllocError::TooLarge.into_io());
+    }
     let mut obj = new_read_bytes(max);
     if obj.is_null() {
-        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        return Err(crate::errors::AllocError::NoMemory.into_io());
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
     let n = unsafe {
@@ -208,7 +307,7 @@ pub fn read_into_new_bytes(
     if unsafe { _PyBytes_Resize(&raw mut obj, n) } < 0 {
         // SAFETY: an exception (MemoryError) is set.
         unsafe { ffi::PyErr_Clear() };
-        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        return Err(crate::errors::AllocError::NoMemory.into_io());
     }
     // SAFETY: `obj` is a valid new reference.
     Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }))

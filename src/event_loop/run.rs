@@ -14,7 +14,7 @@ use std::time::Duration;
 use oxloop_core::clock;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 use super::{Direction, LoopCore, WAKER_TOKEN};
 use crate::errors::os_error;
@@ -163,7 +163,12 @@ impl LoopCore {
                 context.set_item("source_traceback", tb)?;
             }
         }
-        slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
+        // Through ffi::call_method: the handler runs Python code on the loop's thread.
+        crate::ffi::call_method(
+            slf.as_any(),
+            pyo3::intern!(py, "call_exception_handler"),
+            &PyTuple::new(py, [context])?,
+        )?;
         Ok(())
     }
 
