@@ -357,10 +357,7 @@ impl TimerHandle {
         // CPython: TimerHandle._repr_info puts `when=` right after the class name
         // (and after "cancelled").
         let pos = if base.get().is_cancelled() { 2 } else { 1 };
-        let when = PyString::new(
-            py,
-            &format!("when={}", slf.get().when_object(py)?.repr()?),
-        );
+        let when = PyString::new(py, &format!("when={}", slf.get().when_object(py)?.repr()?));
         info.insert(pos, when.into_any());
         Ok(PyString::new(py, &Handle::join_repr(&info)?)
             .into_any()

@@ -465,10 +465,7 @@ impl LoopCore {
         }
         let py = slf.py();
         let when = if Self::custom_time(slf)? {
-            When::Object(
-                slf.call_method0(pyo3::intern!(py, "time"))?
-                    .add(delay)?,
-            )
+            When::Object(slf.call_method0(pyo3::intern!(py, "time"))?.add(delay)?)
         } else {
             let now = clock::monotonic();
             if let Ok(delay) = delay.cast_exact::<PyFloat>() {

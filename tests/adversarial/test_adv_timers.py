@@ -94,7 +94,7 @@ HOSTILE = [
     Fraction(0),
     Fraction(-1, 3),
 ]
-REFUSED_BY_CALL_LATER = [Decimal('0'), Decimal('nan'), OnlyFloat(), OnlyIndex(), '0', None, [], b'1']
+REFUSED_BY_CALL_LATER = [Decimal(0), Decimal('nan'), OnlyFloat(), OnlyIndex(), '0', None, [], b'1']
 
 
 @pytest.mark.parametrize('value', HOSTILE + REFUSED_BY_CALL_LATER, ids=repr)
@@ -225,7 +225,7 @@ def test_adv_timers_timer_handle_comparisons_match_asyncio(loop):
                     x == y,
                     x != y,
                 ), (i, j)
-        for a, x in zip(ours, theirs):
+        for a, x in zip(ours, theirs, strict=True):
             # hash(self._when): identity-based for NaN, so compared per loop.
             assert hash(a) == hash(a.when())
             assert hash(x) == hash(x.when())
@@ -626,3 +626,32 @@ def test_adv_timers_close_from_another_thread_while_running(loop):
 
     ours, theirs = _both(loop, scenario)
     assert ours == theirs
+
+
+def test_divergence_class_time_patched_mid_run_seen_next_run(loop_impl):
+    first = new_loop(loop_impl)
+    first.close()
+
+    class Sub(type(first)):  # type: ignore[misc]
+        pass
+
+    lp = Sub()
+    try:
+        seen = []
+
+        def patch_class_and_schedule():
+            with mock.patch.object(Sub, 'time', lambda self: 1e9):
+                seen.append(lp.call_later(1, print).when())
+
+        lp.call_soon(patch_class_and_schedule)
+        _brief(lp)
+        if loop_impl == 'oxloop':
+            assert seen[0] < 1e9  # the real clock: looked up at the start of the run
+        else:
+            assert seen[0] == 1e9 + 1
+        with mock.patch.object(Sub, 'time', lambda self: 1e9):
+            lp.call_soon(lambda: seen.append(lp.call_later(1, print).when()))
+            _brief(lp)
+        assert seen[1] == 1e9 + 1  # seen by the next run
+    finally:
+        lp.close()

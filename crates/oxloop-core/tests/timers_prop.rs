@@ -4,6 +4,7 @@
 //! timeout. Deadlines include NaN, ±inf, -0.0, huge values and many ties.
 
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -93,7 +94,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 heap.push(when, e.clone());
                 // NaN is due at once; -0.0 is 0.0.
-                let key = if when.is_nan() { f64::NEG_INFINITY } else { when + 0.0 };
+                let key = if when.is_nan() {
+                    f64::NEG_INFINITY
+                } else {
+                    when + 0.0
+                };
                 prop_assert_eq!(sort_key(when).to_bits(), key.to_bits());
                 model.entries.push((key, e.id, e.id));
                 model.sort();
@@ -149,8 +154,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::PopDue(end_time) => {
                 let mut expected = Vec::new();
-                // asyncio: `if handle._when >= end_time: break` (false for NaN).
-                while model.entries.first().is_some_and(|&(k, _, _)| !(k >= end_time)) {
+                // asyncio: `if handle._when >= end_time: break` (false for NaN), so
+                // an entry is due unless `k >= end_time`.
+                let due = |k: f64| k.partial_cmp(&end_time).is_none_or(Ordering::is_lt);
+                while model.entries.first().is_some_and(|&(k, _, _)| due(k)) {
                     expected.push(model.entries.remove(0).2);
                 }
                 let got: Vec<usize> = std::iter::from_fn(|| heap.pop_due(end_time))
