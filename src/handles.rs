@@ -51,9 +51,9 @@ pub struct Handle {
 pub struct TimerHandle {
     /// The deadline as a float (NaN kept: the heap orders it, not this).
     when: f64,
-    /// The deadline object as given to `call_at` (a float, an int, a bool, a
-    /// `Fraction`, ...): asyncio stores and returns it as is, and compares and
-    /// hashes handles by it. None when `call_later` computed the float in Rust.
+    /// The deadline object as given when it is not an exact float (an int, a bool,
+    /// a `Fraction`, ...): asyncio stores and returns it as is, and compares and
+    /// hashes handles by it.
     when_obj: Option<Py<PyAny>>,
 }
 
@@ -314,11 +314,8 @@ impl TimerHandle {
     }
 
     /// The deadline when it is a plain float (compared in Rust).
-    fn plain_float(&self, py: Python<'_>) -> Option<f64> {
-        match &self.when_obj {
-            Some(obj) if !obj.bind(py).is_exact_instance_of::<pyo3::types::PyFloat>() => None,
-            _ => Some(self.when),
-        }
+    fn plain_float(&self) -> Option<f64> {
+        self.when_obj.is_none().then_some(self.when)
     }
 
     /// The deadline as asyncio's `_when` holds it.
@@ -401,7 +398,7 @@ impl TimerHandle {
     fn when_cmp(a: &Bound<'_, Self>, b: &Bound<'_, Self>, op: CompareOp) -> PyResult<bool> {
         let py = a.py();
         let (x, y) = (a.get(), b.get());
-        if let (Some(p), Some(q)) = (x.plain_float(py), y.plain_float(py)) {
+        if let (Some(p), Some(q)) = (x.plain_float(), y.plain_float()) {
             return Ok(match op {
                 CompareOp::Lt => p < q,
                 CompareOp::Gt => p > q,

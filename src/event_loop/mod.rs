@@ -290,8 +290,8 @@ enum When<'py> {
     Object(Bound<'py, PyAny>),
 }
 
-/// A deadline object as a float, and the object itself, which `when()` returns.
-/// asyncio stores any object and compares it
+/// A deadline object as a float, and the object itself when `when()` must return
+/// it (anything but an exact float). asyncio stores any object and compares it
 /// with floats in `heapq` and `_run_once`; here:
 /// * floats and ints (bools included) are taken as they are, an int too large for
 ///   a float as `±inf` (Python compares them exactly; they are never due or always);
@@ -301,7 +301,10 @@ enum When<'py> {
 ///   a timer that breaks every later iteration (docs/divergences.md).
 fn deadline(obj: &Bound<'_, PyAny>) -> PyResult<(f64, Option<Py<PyAny>>)> {
     let py = obj.py();
-    // Kept even for a float: `when()` returns the very object, as asyncio's does.
+    if let Ok(f) = obj.cast_exact::<PyFloat>() {
+        // An equal float serves `when()`: no reference kept on the hot path.
+        return Ok((f.value(), None));
+    }
     let keep = Some(obj.clone().unbind());
     if let Ok(f) = obj.cast::<PyFloat>() {
         return Ok((f.value(), keep));
