@@ -49,7 +49,12 @@ pub struct Handle {
 
 #[pyclass(frozen, extends = Handle, module = "oxloop._oxloop", name = "TimerHandle")]
 pub struct TimerHandle {
+    /// The deadline as a float (NaN kept: the heap orders it, not this).
     when: f64,
+    /// The deadline object as given when it is not an exact float (an int, a bool,
+    /// a `Fraction`, ...): asyncio stores and returns it as is, and compares and
+    /// hashes handles by it.
+    when_obj: Option<Py<PyAny>>,
 }
 
 impl Handle {
@@ -175,6 +180,17 @@ impl Handle {
         let Some(cb) = self.callback(py) else {
             return Ok(());
         };
+        let context = self.context.bind(py);
+        // SAFETY: a type check of a live object.
+        if unsafe { pyo3::ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
+            // asyncio calls `self._context.run(callback, *args)` on whatever it was
+            // given: a duck-typed context runs it, anything else raises its own error.
+            let mut call_args = vec![cb.callback.into_bound(py)];
+            call_args.extend(cb.args.bind(py).iter());
+            return context
+                .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
+                .map(drop);
+        }
         if let Some(native) = self.native.get() {
             return crate::ffi::run_native_in_context(
                 py,
@@ -293,20 +309,33 @@ impl Handle {
 }
 
 impl TimerHandle {
-    pub fn new(when: f64) -> Self {
-        Self { when }
+    pub fn new(when: f64, when_obj: Option<Py<PyAny>>) -> Self {
+        Self { when, when_obj }
+    }
+
+    /// The deadline when it is a plain float (compared in Rust).
+    fn plain_float(&self) -> Option<f64> {
+        self.when_obj.is_none().then_some(self.when)
+    }
+
+    /// The deadline as asyncio's `_when` holds it.
+    fn when_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.when_obj {
+            Some(obj) => Ok(obj.bind(py).clone()),
+            None => Ok(self.when.into_pyobject(py)?.into_any()),
+        }
     }
 }
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.when_object(py)
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.when_object(py)
     }
 
     /// `asyncio.TimerHandle` (see `Handle.__class__`).
@@ -325,10 +354,7 @@ impl TimerHandle {
         // CPython: TimerHandle._repr_info puts `when=` right after the class name
         // (and after "cancelled").
         let pos = if base.get().is_cancelled() { 2 } else { 1 };
-        let when = PyString::new(
-            py,
-            &format!("when={}", slf.get().when.into_pyobject(py)?.repr()?),
-        );
+        let when = PyString::new(py, &format!("when={}", slf.get().when_object(py)?.repr()?));
         info.insert(pos, when.into_any());
         Ok(PyString::new(py, &Handle::join_repr(&info)?)
             .into_any()
@@ -337,7 +363,7 @@ impl TimerHandle {
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
         // CPython: TimerHandle.__hash__ is hash(self._when).
-        self.when.into_pyobject(py)?.hash()
+        self.when_object(py)?.hash()
     }
 
     fn __richcmp__(
@@ -349,14 +375,13 @@ impl TimerHandle {
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let (a, b) = (slf.get().when, other.get().when);
         // CPython: __le__/__ge__ are `<`/`>` or __eq__, and __eq__ compares the
         // deadline, callback, arguments and cancelled flag.
         let result = match op {
-            CompareOp::Lt => a < b,
-            CompareOp::Gt => a > b,
-            CompareOp::Le => a < b || Self::same(slf, other)?,
-            CompareOp::Ge => a > b || Self::same(slf, other)?,
+            CompareOp::Lt => Self::when_cmp(slf, other, CompareOp::Lt)?,
+            CompareOp::Gt => Self::when_cmp(slf, other, CompareOp::Gt)?,
+            CompareOp::Le => Self::when_cmp(slf, other, CompareOp::Lt)? || Self::same(slf, other)?,
+            CompareOp::Ge => Self::when_cmp(slf, other, CompareOp::Gt)? || Self::same(slf, other)?,
             CompareOp::Eq => Self::same(slf, other)?,
             CompareOp::Ne => !Self::same(slf, other)?,
         };
@@ -368,10 +393,27 @@ impl TimerHandle {
 }
 
 impl TimerHandle {
+    /// `self._when <op> other._when`: floats compare in Rust (NaN compares false
+    /// both ways, as in Python); deadline objects as Python compares them.
+    fn when_cmp(a: &Bound<'_, Self>, b: &Bound<'_, Self>, op: CompareOp) -> PyResult<bool> {
+        let py = a.py();
+        let (x, y) = (a.get(), b.get());
+        if let (Some(p), Some(q)) = (x.plain_float(), y.plain_float()) {
+            return Ok(match op {
+                CompareOp::Lt => p < q,
+                CompareOp::Gt => p > q,
+                _ => p == q,
+            });
+        }
+        x.when_object(py)?
+            .rich_compare(y.when_object(py)?, op)?
+            .is_truthy()
+    }
+
     fn same(a: &Bound<'_, Self>, b: &Bound<'_, Self>) -> PyResult<bool> {
         let py = a.py();
         let (ha, hb) = (a.as_super().get(), b.as_super().get());
-        if a.get().when != b.get().when || ha.is_cancelled() != hb.is_cancelled() {
+        if !Self::when_cmp(a, b, CompareOp::Eq)? || ha.is_cancelled() != hb.is_cancelled() {
             return Ok(false);
         }
         let eq = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {

@@ -27,9 +27,10 @@ use oxloop_core::poller::{Events, Interest, Poller};
 use oxloop_core::registry::Registry;
 use oxloop_core::timers::{TimerEntry, TimerHeap};
 use oxloop_core::waker::Waker;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -101,6 +102,10 @@ pub struct LoopCore {
     /// called while the state is borrowed (from a `__del__` run by a drop).
     timer_cancelled_count: AtomicUsize,
     clock_resolution: f64,
+    /// `loop.time` was assigned on the instance (`mock.patch.object(loop, 'time')`).
+    time_on_instance: AtomicBool,
+    /// `type(loop).time` is not `LoopCore.time` (a subclass or a patched class).
+    time_on_type: AtomicBool,
 }
 
 /// `(fileobj, fd, events, reader, writer)` as a `selectors.SelectorKey` holds them.
@@ -209,6 +214,27 @@ impl LoopCore {
         ))
     }
 
+    /// `object.__setattr__` (`value` set) or `object.__delattr__` (null), then the
+    /// `time_on_instance` flag: set while an instance attribute `time` exists.
+    fn generic_setattr(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: *mut pyo3::ffi::PyObject,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // SAFETY: live objects (or null for deletion) for the call; the generic
+        // implementation type-checks `name` itself.
+        if unsafe { pyo3::ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), value) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        if name.cast::<PyString>().is_ok_and(|n| n == "time") {
+            slf.get()
+                .time_on_instance
+                .store(!value.is_null(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
         self.state.borrow_mut(py).ready.push_back(handle);
     }
@@ -233,7 +259,7 @@ impl LoopCore {
 
     fn schedule_timer<'py>(
         slf: &Bound<'py, Self>,
-        when: f64,
+        when: When<'py>,
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
@@ -241,9 +267,14 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = slf.py();
         let handle = Self::new_handle(slf, callback, args, context, method, true)?;
+        // After asyncio's checks (closed loop, callback), as its heappush would fail.
+        let (when, when_obj) = match when {
+            When::Float(when) => (when, None),
+            When::Object(obj) => deadline(&obj)?,
+        };
         let timer = Bound::new(
             py,
-            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when)),
+            PyClassInitializer::from(handle).add_subclass(TimerHandle::new(when, when_obj)),
         )?;
         let base = timer.as_super();
         base.get().set_scheduled(true);
@@ -253,6 +284,119 @@ impl LoopCore {
             .timers
             .push(when, Timer(base.clone().unbind()));
         Ok(timer)
+    }
+}
+
+/// A deadline for `schedule_timer`: a float computed in Rust, or a Python object
+/// (what `call_at` was given, or what `self.time() + delay` returned).
+enum When<'py> {
+    Float(f64),
+    Object(Bound<'py, PyAny>),
+}
+
+/// A deadline object as a float, and the object itself when `when()` must return
+/// it (anything but an exact float). asyncio stores any object and compares it
+/// with floats in `heapq` and `_run_once`; here:
+/// * floats and ints (bools included) are taken as they are, an int too large for
+///   a float as `±inf` (Python compares them exactly; they are never due or always);
+/// * other `numbers.Real` (`Fraction`, numpy scalars) by `float()`;
+/// * anything else is refused with the `TypeError` that asyncio's `_run_once`
+///   raises on it (`when - self.time()`, `when >= end_time`), instead of accepting
+///   a timer that breaks every later iteration (docs/divergences.md).
+fn deadline(obj: &Bound<'_, PyAny>) -> PyResult<(f64, Option<Py<PyAny>>)> {
+    let py = obj.py();
+    if let Ok(f) = obj.cast_exact::<PyFloat>() {
+        // An equal float serves `when()`: no reference kept on the hot path.
+        return Ok((f.value(), None));
+    }
+    let keep = Some(obj.clone().unbind());
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok((f.value(), keep));
+    }
+    let real = obj.is_instance_of::<PyInt>() || obj.is_instance(numbers_real(py)?)?;
+    if !real {
+        // Raise what asyncio's iteration would raise; a type that survives both is
+        // taken if float() takes it.
+        obj.sub(0.0)?;
+        obj.ge(0.0)?;
+    }
+    let value = if obj.is_instance_of::<PyInt>() {
+        // SAFETY: `obj` is a live int; PyLong_AsDouble reads its value only (no
+        // `__float__` of a subclass, as Python's float-int comparison).
+        let v = unsafe { pyo3::ffi::PyLong_AsDouble(obj.as_ptr()) };
+        if v == -1.0 {
+            PyErr::take(py).map_or(Ok(v), Err)
+        } else {
+            Ok(v)
+        }
+    } else {
+        obj.extract::<f64>()
+    };
+    match value {
+        Ok(v) => Ok((v, keep)),
+        Err(err) if err.is_instance_of::<PyOverflowError>(py) => {
+            let v = if obj.gt(0)? {
+                f64::INFINITY
+            } else {
+                f64::NEG_INFINITY
+            };
+            Ok((v, keep))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// `numbers.Real`.
+fn numbers_real(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("numbers")?.getattr("Real")?.unbind())
+    })
+    .map(|obj| obj.bind(py))
+}
+
+/// `LoopCore.time` as the type defines it, to tell whether a class overrides it.
+fn own_time(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.get_type::<LoopCore>().getattr("time")?.unbind())
+    })
+    .map(|obj| obj.bind(py))
+}
+
+impl LoopCore {
+    /// True when `time` is not `LoopCore.time`: set on the instance (tracked by
+    /// `__setattr__`, so free to ask) or overridden by the class (looked up once
+    /// per run, and on every call while the loop is not running).
+    pub(crate) fn custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let this = slf.get();
+        if this.time_on_instance.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        if this.thread_id.load(Ordering::Relaxed) != 0 {
+            return Ok(this.time_on_type.load(Ordering::Relaxed));
+        }
+        Self::check_time_type(slf)
+    }
+
+    /// Looks up `type(self).time` and records whether it is not ours.
+    fn check_time_type(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let custom = !slf
+            .get_type()
+            .getattr(pyo3::intern!(py, "time"))?
+            .is(own_time(py)?);
+        slf.get().time_on_type.store(custom, Ordering::Relaxed);
+        Ok(custom)
+    }
+
+    /// `self.time()` as a float: the clock, or a replaced `time` called from Python.
+    pub(crate) fn now(slf: &Bound<'_, Self>, custom: bool) -> PyResult<f64> {
+        if !custom {
+            return Ok(clock::monotonic());
+        }
+        let now = slf.call_method0(pyo3::intern!(slf.py(), "time"))?;
+        Ok(deadline(&now)?.0)
     }
 }
 
@@ -285,6 +429,8 @@ impl LoopCore {
             thread_id: AtomicU64::new(0),
             timer_cancelled_count: AtomicUsize::new(0),
             clock_resolution: clock::resolution(),
+            time_on_instance: AtomicBool::new(false),
+            time_on_type: AtomicBool::new(false),
         })
     }
 
@@ -324,11 +470,20 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let now = clock::monotonic();
-        let when = match delay.extract::<f64>() {
-            Ok(delay) => now + delay,
-            // Let Python raise exactly what `self.time() + delay` raises.
-            Err(_) => now.into_pyobject(slf.py())?.add(delay)?.extract::<f64>()?,
+        let py = slf.py();
+        let when = if Self::custom_time(slf)? {
+            When::Object(slf.call_method0(pyo3::intern!(py, "time"))?.add(delay)?)
+        } else {
+            let now = clock::monotonic();
+            if let Ok(delay) = delay.cast_exact::<PyFloat>() {
+                When::Float(now + delay.value())
+            } else if delay.cast_exact::<PyInt>().is_ok() || delay.cast_exact::<PyBool>().is_ok() {
+                // float + int: OverflowError "int too large to convert to float", as Python.
+                When::Float(now + delay.extract::<f64>()?)
+            } else {
+                // Anything else: exactly what `self.time() + delay` gives or raises.
+                When::Object(PyFloat::new(py, now).add(delay)?)
+            }
         };
         Self::schedule_timer(slf, when, callback, args, context, "call_at")
     }
@@ -344,12 +499,32 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when = when.extract::<f64>()?;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+        Self::schedule_timer(
+            slf,
+            When::Object(when.clone()),
+            callback,
+            args,
+            context,
+            "call_at",
+        )
     }
 
     fn time(&self) -> f64 {
         clock::monotonic()
+    }
+
+    /// Tracks an assignment to `loop.time` (test frameworks patch it), so that the
+    /// scheduler knows without a lookup per call whether to ask `self.time()`.
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        Self::generic_setattr(slf, name, value.as_ptr())
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::generic_setattr(slf, name, std::ptr::null_mut())
     }
 
     // ----- futures and tasks (hot enough to skip a Python frame) -------------------
@@ -468,6 +643,9 @@ impl LoopCore {
     /// Runs iterations until `stop()`; `run_forever` (Python) sets up around it.
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        // Once per run: does the class override time()? (An instance attribute is
+        // tracked by __setattr__.)
+        Self::check_time_type(slf)?;
         loop {
             Self::run_once(slf)?;
             if this.stopping.load(Ordering::Relaxed) {
@@ -476,8 +654,10 @@ impl LoopCore {
         }
     }
 
-    /// One iteration, as asyncio's `_run_once`.
+    /// One iteration, as asyncio's `_run_once` (called from Python when a
+    /// replaced `_run_once` delegates to it, or by tests).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::check_time_type(slf)?;
         Self::run_once(slf)
     }
 

@@ -2,9 +2,14 @@
 //!
 //! 1. drop cancelled timers (all of them when they are the majority);
 //! 2. poll: zero timeout when callbacks are ready or the loop is stopping, else
-//!    until the next timer (the GIL is released only here);
+//!    until the next timer (the GIL is released only here); the waker's sleeping
+//!    flag is set before anything that can run Python, so that a
+//!    `call_soon_threadsafe` made meanwhile is never lost;
 //! 3. run pending Python signal handlers (Ctrl-C raises `KeyboardInterrupt` here);
 //! 4. queue the callbacks of ready fds, then the due timers;
+//!
+//! `self.time()` is asked where asyncio asks it, but only when `time` was replaced
+//! (see `LoopCore::custom_time`); otherwise the clock is read in Rust.
 //! 5. run exactly the callbacks queued so far; those they schedule wait for the
 //!    next iteration.
 
@@ -22,7 +27,7 @@ use crate::handles::Handle;
 use crate::py;
 
 /// CPython: `base_events.MAXIMUM_SELECT_TIMEOUT`.
-const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+const MAXIMUM_SELECT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 impl LoopCore {
     pub(super) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -30,25 +35,55 @@ impl LoopCore {
         let this = slf.get();
 
         let mut purged = Vec::new();
-        let (timeout, mut events, no_fds) = {
+        {
             let mut st = this.state.borrow_mut(py);
             let mut cancelled = this.timer_cancelled_count.load(Ordering::Relaxed);
             st.timers.purge_cancelled(&mut cancelled, &mut purged);
             this.timer_cancelled_count
                 .store(cancelled, Ordering::Relaxed);
-            let timeout = if !st.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
-                Some(Duration::ZERO)
-            } else {
-                st.timers.peek_when().map(|when| {
-                    let secs = (when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-                    Duration::from_secs_f64(secs)
-                })
-            };
-            (timeout, std::mem::take(&mut st.events), st.fds.is_empty())
-        };
+        }
+        // Dropping a handle can run Python code (`__del__` of what its context
+        // holds) that releases the GIL and lets a thread call call_soon_threadsafe:
+        // before the timeout is computed, so that such a callback is seen.
         drop(purged);
+        let custom_time = Self::custom_time(slf)?;
+
+        // The sleeping flag is set before anything below can run Python (a replaced
+        // time()): from then on call_soon_threadsafe writes the eventfd, so no
+        // wake-up is lost, and the ready queue is looked at again afterwards.
+        let (sleepy, next_when) = {
+            let st = this.state.borrow_mut(py);
+            (
+                st.ready.is_empty() && !this.stopping.load(Ordering::Relaxed),
+                st.timers.peek_when(),
+            )
+        };
+        let mut timeout = Some(Duration::ZERO);
+        if sleepy {
+            this.waker.set_sleeping(true);
+            timeout = match next_when {
+                None => None,
+                Some(when) => match Self::now(slf, custom_time) {
+                    Ok(now) => Some(clock::poll_timeout(when - now, MAXIMUM_SELECT_TIMEOUT)),
+                    Err(err) => {
+                        this.waker.set_sleeping(false);
+                        return Err(err);
+                    }
+                },
+            };
+        }
+        let (mut events, no_fds) = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
+                timeout = Some(Duration::ZERO);
+            }
+            (std::mem::take(&mut st.events), st.fds.is_empty())
+        };
 
         let polled = if timeout == Some(Duration::ZERO) {
+            // A wake-up sent meanwhile stays pending in the eventfd: the next
+            // blocking poll returns at once and drains it.
+            this.waker.set_sleeping(false);
             if no_fds {
                 // Nothing but the waker is registered, and a wake-up is moot when we
                 // are not going to block: skip the syscall. With no fd watched
@@ -59,9 +94,6 @@ impl LoopCore {
                 this.poller.wait(&mut events, timeout)
             }
         } else {
-            // A thread that calls call_soon_threadsafe needs the GIL to queue its
-            // callback, so it sees this flag only once we are about to block.
-            this.waker.set_sleeping(true);
             let polled = py.detach(|| this.poller.wait(&mut events, timeout));
             this.waker.set_sleeping(false);
             polled
@@ -70,10 +102,15 @@ impl LoopCore {
             Err(e) if e.kind() != std::io::ErrorKind::Interrupted => Err(os_error(&e)),
             _ => crate::ffi::check_signals(py),
         };
-        if let Err(err) = polled {
-            this.state.borrow_mut(py).events = events;
-            return Err(err);
-        }
+        // asyncio: `end_time = self.time() + self._clock_resolution`, every iteration.
+        let end_time = polled.and_then(|()| Self::now(slf, custom_time));
+        let end_time = match end_time {
+            Ok(now) => now + this.clock_resolution,
+            Err(err) => {
+                this.state.borrow_mut(py).events = events;
+                return Err(err);
+            }
+        };
 
         let mut cancelled_watchers = Vec::new();
         // Released after the borrow ends: dropping a handle can run Python code.
@@ -113,7 +150,6 @@ impl LoopCore {
                 // CPython: a cancelled reader/writer found ready is unregistered.
                 removed.push(this.unwatch(st, fd, direction));
             }
-            let end_time = clock::monotonic() + this.clock_resolution;
             while let Some(timer) = st.timers.pop_due(end_time) {
                 st.ready.push_back(timer.0);
             }
@@ -177,9 +213,10 @@ impl LoopCore {
     fn run_handle_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
-        let t0 = clock::monotonic();
+        let custom_time = Self::custom_time(slf)?;
+        let t0 = Self::now(slf, custom_time)?;
         let result = Self::run_handle(slf, handle).and_then(|()| {
-            let dt = clock::monotonic() - t0;
+            let dt = Self::now(slf, custom_time)? - t0;
             let slow: f64 = slf
                 .getattr(pyo3::intern!(py, "slow_callback_duration"))?
                 .extract()?;

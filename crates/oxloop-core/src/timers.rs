@@ -10,6 +10,12 @@
 //!
 //! Unlike `heapq`, equal deadlines fire in insertion order (a sequence number
 //! breaks ties).
+//!
+//! Deadlines are any `f64`. A NaN deadline is due at once, as asyncio fires a NaN
+//! timer found at the head of its heap (`nan >= end_time` is false); it sorts as
+//! `-inf` so that it cannot hide other timers or be hidden by them (in `heapq` a
+//! NaN compares false both ways and leaves the heap's order undefined). `-0.0`
+//! sorts as `0.0`, as Python compares them.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -54,6 +60,18 @@ impl<T> Ord for Slot<T> {
     }
 }
 
+/// The heap key of a deadline: NaN first (due at once), `-0.0` equal to `0.0`,
+/// so that `total_cmp` orders keys as Python's `<` orders the deadlines.
+#[must_use]
+pub fn sort_key(when: f64) -> f64 {
+    if when.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        // Adding +0.0 turns -0.0 into +0.0 and leaves every other value alone.
+        when + 0.0
+    }
+}
+
 /// A min-heap of timers with lazy cancellation.
 pub struct TimerHeap<T> {
     heap: BinaryHeap<Slot<T>>,
@@ -88,14 +106,19 @@ impl<T: TimerEntry> TimerHeap<T> {
         self.heap.is_empty()
     }
 
-    /// Schedules `item` at `when`.
+    /// Schedules `item` at `when` (any `f64`: see [`sort_key`]).
     pub fn push(&mut self, when: f64, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Slot { when, seq, item });
+        self.heap.push(Slot {
+            when: sort_key(when),
+            seq,
+            item,
+        });
     }
 
-    /// The earliest deadline, cancelled entries included.
+    /// The earliest deadline as a heap key ([`sort_key`]: never NaN), cancelled
+    /// entries included.
     #[must_use]
     pub fn peek_when(&self) -> Option<f64> {
         self.heap.peek().map(|s| s.when)
@@ -136,7 +159,8 @@ impl<T: TimerEntry> TimerHeap<T> {
         }
     }
 
-    /// Pops the earliest entry if its deadline is before `end_time`.
+    /// Pops the earliest entry if its deadline is before `end_time`, as asyncio
+    /// tests `handle._when >= end_time`: a NaN `end_time` makes every entry due.
     pub fn pop_due(&mut self, end_time: f64) -> Option<T> {
         if self.heap.peek()?.when >= end_time {
             return None;
