@@ -622,6 +622,10 @@ impl Transport {
             return Ok(Some(bytes.clone()));
         }
         if Self::is_mutable_bytes_like(data) {
+            // asyncio's `if not data` comes first: a 0-dim memoryview has no length.
+            if data.is_instance_of::<PyMemoryView>() {
+                data.is_truthy()?;
+            }
             let copy = data.py().get_type::<PyBytes>().call1((data,))?;
             return Ok(Some(copy.cast_into::<PyBytes>()?));
         }
@@ -694,6 +698,17 @@ impl Transport {
             });
         }
         Self::maybe_pause_protocol(slf)
+    }
+
+    /// `obj.<name>` when the instance's `__dict__` replaces the method (a
+    /// `mock.patch.object`, a library's wrapper): where asyncio calls
+    /// `self.<name>(...)`, that is what must run.
+    pub(super) fn instance_override<'py>(
+        obj: &Bound<'py, PyAny>,
+        name: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let dict = obj.getattr(pyo3::intern!(obj.py(), "__dict__"))?;
+        dict.cast_into::<PyDict>()?.get_item(name)
     }
 
     /// Drops the buffered data (after a write error), returning it to be released

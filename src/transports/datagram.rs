@@ -335,10 +335,10 @@ impl DatagramTransport {
         Err(PyNotImplementedError::new_err(()))
     }
 
-    #[allow(clippy::unused_self)]
-    fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let _ = list_of_data;
-        Err(PyNotImplementedError::new_err(()))
+    /// `WriteTransport.writelines`: the join, then `self.write()`.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
+        slf.call_method1("write", (joined,)).map(drop)
     }
 
     #[allow(clippy::unused_self)]

@@ -294,8 +294,12 @@ impl WritePipeTransport {
         )
     }
 
+    /// `WriteTransport.writelines`: one `self.write()` of the joined data.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
+        if let Some(write) = Transport::instance_override(slf.as_any(), "write")? {
+            return write.call1((joined,)).map(drop);
+        }
         Self::write(slf, &joined)
     }
 
@@ -360,6 +364,13 @@ impl WritePipeTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         if !slf.as_super().get().sock.is_some(slf.py()) {
             return Ok(());
+        }
+        // asyncio: `self.write_eof()`, whatever the instance put there.
+        if let Some(write_eof) = Transport::instance_override(slf.as_any(), "write_eof")? {
+            if slf.as_super().get().is_closing(slf.py()) {
+                return Ok(());
+            }
+            return write_eof.call0().map(drop);
         }
         Self::close_after_flush(slf)
     }

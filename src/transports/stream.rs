@@ -326,9 +326,14 @@ impl StreamTransport {
 
     // ----- the rest of the stream API ---------------------------------------------
 
+    /// CPython 3.11: `WriteTransport.writelines`, one `self.write()` of the joined
+    /// data (a `write` replaced on the instance is the one called).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let joined = PyBytes::new(py, b"").call_method1("join", (list_of_data,))?;
+        if let Some(write) = Transport::instance_override(slf.as_any(), "write")? {
+            return write.call1((joined,)).map(drop);
+        }
         Self::write(slf, &joined)
     }
 
