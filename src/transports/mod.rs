@@ -24,6 +24,7 @@ pub mod stream;
 
 use std::cell::RefCell;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use oxloop_core::buffers::PageBuf;
 use pyo3::prelude::*;
@@ -66,22 +67,27 @@ pub(crate) fn is_exact_socket(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 /// Whether `PySocketSockObject.sock_fd` sits right after the object header, as in
-/// every CPython's `socketmodule.h` (checked once against `fileno()`).
+/// every CPython's `socketmodule.h`: checked once against `fileno()`, then a plain
+/// load (0 unknown, 1 yes, 2 no) on the hot paths.
+static SOCK_FD_FIELD: AtomicU8 = AtomicU8::new(0);
+
 fn sock_fd_field_ok(py: Python<'_>) -> bool {
-    static OK: PyOnceLock<bool> = PyOnceLock::new();
-    *OK.get_or_init(py, || {
-        let probe = || -> PyResult<bool> {
-            let sock = socket_class(py)?.call1((libc::AF_UNIX, libc::SOCK_DGRAM))?;
-            let fd: RawFd = sock.call_method0("fileno")?.extract()?;
-            // SAFETY: `sock` is an exact `socket.socket`, whose C struct starts with
-            // the object header followed by an int (read only after checking
-            // that its size allows it).
-            let field = unsafe { read_sock_fd_field(&sock) };
-            sock.call_method0("close")?;
-            Ok(field == Some(fd))
-        };
-        probe().unwrap_or(false)
-    })
+    match SOCK_FD_FIELD.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let probe = || -> PyResult<bool> {
+        let sock = socket_class(py)?.call1((libc::AF_UNIX, libc::SOCK_DGRAM))?;
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        // SAFETY: `sock` is an exact `socket.socket`.
+        let field = unsafe { read_sock_fd_field(&sock) };
+        sock.call_method0("close")?;
+        Ok(field == Some(fd))
+    };
+    let ok = probe().unwrap_or(false);
+    SOCK_FD_FIELD.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+    ok
 }
 
 /// The int after the object header of `sock`, if the type's basic size has room.
