@@ -78,9 +78,15 @@ impl SockWaiter {
                 ("send", rest)
             }
         };
-        if method == "recv" {
-            if let Ok(size) = arg.extract::<usize>() {
-                return recv_now(py, self.fd, size);
+        // The raw fd only for an exact socket.socket that still holds it (closed or
+        // detached since the wait began: its fd is -1, and `sock.recv` gives the
+        // socket module's EBADF, as asyncio's retry would).
+        if method == "recv"
+            && crate::transports::is_exact_socket(sock)?
+            && crate::transports::socket_fd_now(sock) == self.fd
+        {
+            if let Some(size) = fast_recv_size(&arg) {
+                return recv_now(sock, self.fd, size);
             }
         }
         call_now(sock, method, &arg)
@@ -165,17 +171,42 @@ impl SockWaiter {
     }
 }
 
-/// `sock.recv(n)` without raising on "would block" (`Ok(None)`).
-fn recv_now(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'_, PyAny>>> {
+/// The size for the raw `recv` fast path: an exact int from 1 to `isize::MAX`
+/// (the socket module's `Py_ssize_t`). Anything else goes to `sock.recv(n)` for
+/// the socket module's own answer: `b''` for 0 (no syscall), `ValueError` when
+/// negative, `OverflowError` when too large, `TypeError` for a non-int.
+fn fast_recv_size(arg: &Bound<'_, PyAny>) -> Option<usize> {
+    if !arg.is_exact_instance_of::<pyo3::types::PyInt>() {
+        return None; // e.g. __index__ would run twice
+    }
+    let n = arg.extract::<isize>().ok()?;
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// `sock.recv(n)` on an exact `socket.socket` whose fd the caller just read,
+/// without raising on "would block" (`Ok(None)`). Allocates `n` bytes, as the
+/// socket module does; when that fails, `sock.recv(n)` raises its `MemoryError`.
+fn recv_now<'py>(
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = sock.py();
     match crate::ffi::read_into_new_bytes(py, fd, n, ReadCall::Recv(libc::MSG_DONTWAIT)) {
         Ok(Some(data)) => Ok(Some(data)),
         Ok(None) => Ok(Some(PyBytes::new(py, b"").into_any())),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(None),
+        // The bytes could not be allocated (or recv itself said ENOMEM): the
+        // socket module's own attempt gives asyncio's exception.
+        Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+            call_now(sock, "recv", &n.into_pyobject(py)?.into_any())
+        }
         Err(e) => Err(os_error(&e)),
     }
 }
 
-/// `sock.send(data)` for a `bytes`, without raising on "would block" (0 sent).
+/// `sock.send(data)` for a `bytes` on an exact `socket.socket` whose fd the
+/// caller just read, without raising on "would block" (0 sent).
 fn send_now(data: &Bound<'_, PyBytes>, fd: RawFd) -> PyResult<usize> {
     let raw = data.as_bytes();
     // SAFETY: `raw` is the live content of `data`, which the caller holds.
@@ -240,22 +271,32 @@ impl LoopCore {
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        // The raw fd only for an exact socket.socket: a subclass or a duck type (a
+        // TLS connection, a test double) gets its own recv/send called, as asyncio
+        // calls them. `fd` was just read from it under this GIL hold: owned.
+        let exact = crate::transports::is_exact_socket(sock)?;
         let mut sent = 0;
         let done = match kind {
-            SockKind::Recv => match arg.extract::<usize>() {
+            SockKind::Recv => match fast_recv_size(arg).filter(|_| exact) {
                 // MSG_DONTWAIT: a blocking socket waits for readiness instead of
                 // blocking the loop.
-                Ok(n) => recv_now(py, fd, n)?,
-                // Negative or not an int: the socket module's own error.
-                Err(_) => call_now(sock, "recv", arg)?,
+                Some(n) => recv_now(sock, fd, n)?,
+                None => call_now(sock, "recv", arg)?,
             },
             SockKind::RecvInto => call_now(sock, "recv_into", arg)?,
             SockKind::SendAll => {
                 sent = match arg.cast::<PyBytes>() {
-                    Ok(bytes) => send_now(bytes, fd)?,
-                    Err(_) => call_now(sock, "send", arg)?.map_or(Ok(0), |n| n.extract())?,
+                    Ok(bytes) if exact => send_now(bytes, fd)?,
+                    _ => call_now(sock, "send", arg)?.map_or(Ok(0), |n| n.extract())?,
                 };
-                if sent == arg.len()? {
+                // In bytes: `len()` of a memoryview of ints counts elements.
+                let total = match arg.cast::<PyBytes>() {
+                    Ok(bytes) => bytes.as_bytes().len(),
+                    Err(_) => pyo3::types::PyMemoryView::from(arg)?
+                        .getattr("nbytes")?
+                        .extract()?,
+                };
+                if sent >= total {
                     Some(py.None().into_bound(py))
                 } else {
                     None
@@ -304,7 +345,10 @@ impl LoopCore {
             SockKind::RecvInto => (SockOp::RecvInto(arg.clone().unbind()), Direction::Read),
             SockKind::SendAll => (
                 SockOp::SendAll(
-                    pyo3::types::PyMemoryView::from(arg)?.into_any().unbind(),
+                    // A flat view of bytes: positions below are byte counts.
+                    pyo3::types::PyMemoryView::from(arg)?
+                        .call_method1("cast", ("B",))?
+                        .unbind(),
                     sent,
                 ),
                 Direction::Write,

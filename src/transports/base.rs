@@ -18,9 +18,11 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyAttributeError, PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -67,6 +69,29 @@ pub(super) struct Chunk {
     pub addr: Option<Py<PyAny>>,
 }
 
+/// `set_write_buffer_limits`' numbers as given, `(high, low)`; `exotic` when one
+/// is neither an int nor a float, so that comparisons go through Python, as
+/// asyncio's do.
+pub(super) struct WaterMarks {
+    pub high: Py<PyAny>,
+    pub low: Py<PyAny>,
+    pub exotic: bool,
+}
+
+/// The integer threshold equivalent to a non-negative int or float water mark
+/// (`None`: another kind of number).
+fn threshold(mark: &Bound<'_, PyAny>) -> Option<usize> {
+    if mark.is_exact_instance_of::<PyInt>() || mark.is_exact_instance_of::<PyBool>() {
+        // Validated >= 0: failing to fit means larger than any size.
+        return Some(mark.extract::<usize>().unwrap_or(usize::MAX));
+    }
+    if mark.is_exact_instance_of::<PyFloat>() {
+        // Validated >= 0 and not NaN; `as` saturates (inf: no size exceeds it).
+        return mark.extract::<f64>().ok().map(|f| f.floor() as usize);
+    }
+    None
+}
+
 pub(super) struct TransportState {
     pub protocol: Option<Py<PyAny>>,
     /// A `BufferedProtocol` (stream reads go through `get_buffer`/`buffer_updated`).
@@ -79,8 +104,14 @@ pub(super) struct TransportState {
     pub paused: bool,
     /// `pause_writing()` was called on the protocol.
     pub protocol_paused: bool,
+    /// The water marks as integer thresholds for a size in bytes: `size <=
+    /// high_water` is `size <= high` for the number asyncio stores.
     pub high_water: usize,
     pub low_water: usize,
+    /// The numbers given to `set_write_buffer_limits` (asyncio keeps whatever
+    /// numbers it was given and returns them from `get_write_buffer_limits`);
+    /// `None` for the defaults.
+    pub marks: Option<WaterMarks>,
     /// Unsent data; a stream's first chunk is partly sent up to `head_sent`.
     pub buffer: VecDeque<Chunk>,
     pub head_sent: usize,
@@ -198,6 +229,7 @@ impl Transport {
                 protocol_paused: false,
                 high_water: 64 * 1024,
                 low_water: 16 * 1024,
+                marks: None,
                 buffer: VecDeque::new(),
                 head_sent: 0,
                 buffer_size: 0,
@@ -326,6 +358,38 @@ impl Transport {
         Ok(())
     }
 
+    /// The fd, while this transport still owns it: its socket (or pipe) object is
+    /// still held (`_call_connection_lost`, `_pipe = None` and dealloc drop it, so
+    /// a closed transport never touches the number again) and, for a socket, that
+    /// object still holds this fd (the application may have closed or detached
+    /// the socket it passed in: its `sock_fd` is -1 then). Native socket
+    /// transports only exist over exact `socket.socket`s (see `StreamTransport::_create`).
+    /// Every raw syscall on the fd goes through this, under one GIL hold with no
+    /// Python code in between.
+    pub(super) fn owned_fd(&self, py: Python<'_>) -> Option<RawFd> {
+        if self.kind.is_pipe() {
+            // asyncio's pipe transports use `os.read`/`os.write` on `_fileno`, not
+            // the pipe object's methods: the transport's own state is the owner.
+            return self.sock.is_some(py).then_some(self.fd);
+        }
+        let sock = self.sock.clone_ref(py)?;
+        (super::socket_fd_now(sock.bind(py)) == self.fd).then_some(self.fd)
+    }
+
+    /// What asyncio gets where it would call `self._sock.<method>(...)` on a
+    /// transport that does not own its fd any more: `AttributeError` once
+    /// `_call_connection_lost` set `_sock` to `None`, else the socket module's
+    /// `EBADF` for a closed socket (always `EBADF` for a pipe, which asyncio
+    /// reaches by its fd number).
+    pub(super) fn fd_gone_error(&self, py: Python<'_>, method: &str) -> PyErr {
+        if !self.kind.is_pipe() && !self.sock.is_some(py) {
+            return PyAttributeError::new_err(format!(
+                "'NoneType' object has no attribute '{method}'"
+            ));
+        }
+        os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
         self.event_loop.clone_ref(py).map(|l| l.into_bound(py))
     }
@@ -422,7 +486,20 @@ impl Transport {
     pub(super) fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if this.is_quiet_error(py, &exc)? {
+        let quiet = this.is_quiet_error(py, &exc)?;
+        if this.event_loop(py).is_none() {
+            // After `_call_connection_lost` (`_loop` is None), asyncio's
+            // `_fatal_error` fails on its first use of the loop.
+            let method = if quiet {
+                "get_debug"
+            } else {
+                "call_exception_handler"
+            };
+            return Err(PyAttributeError::new_err(format!(
+                "'NoneType' object has no attribute '{method}'"
+            )));
+        }
+        if quiet {
             if this.debug(py) {
                 let kwargs = PyDict::new(py);
                 kwargs.set_item("exc_info", exc.clone_ref(py).into_value(py))?;
@@ -488,6 +565,9 @@ impl Transport {
 
     /// Sends from the buffer with `writev`; returns the bytes sent.
     pub(super) fn send_buffer(&self, py: Python<'_>) -> std::io::Result<usize> {
+        let Some(fd) = self.owned_fd(py) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        };
         let st = self.state.borrow_mut(py);
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(st.buffer.len().min(WRITEV_MAX));
         for (i, chunk) in st.buffer.iter().take(WRITEV_MAX).enumerate() {
@@ -501,7 +581,8 @@ impl Transport {
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: every iovec points into a live `bytes` object kept alive by the
         // buffer for the duration of the call (we hold the GIL and the borrow).
-        let n = unsafe { libc::writev(self.fd, iov.as_ptr(), count) };
+        // `fd` is owned: `owned_fd` just now, and no Python code ran since.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
         usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
     }
 
@@ -541,6 +622,10 @@ impl Transport {
             return Ok(Some(bytes.clone()));
         }
         if Self::is_mutable_bytes_like(data) {
+            // asyncio's `if not data` comes first: a 0-dim memoryview has no length.
+            if data.is_instance_of::<PyMemoryView>() {
+                data.is_truthy()?;
+            }
             let copy = data.py().get_type::<PyBytes>().call1((data,))?;
             return Ok(Some(copy.cast_into::<PyBytes>()?));
         }
@@ -578,12 +663,17 @@ impl Transport {
         let raw = bytes.as_bytes();
         let mut sent = 0;
         if !buffered {
-            // SAFETY: `raw` is the live content of `bytes`, which we hold.
+            let method = if this.kind.is_pipe() { "write" } else { "send" };
+            let Some(fd) = this.owned_fd(py) else {
+                return Self::fatal_error(slf, this.fd_gone_error(py, method), message);
+            };
+            // SAFETY: `raw` is the live content of `bytes`, which we hold. `fd` is
+            // owned: `owned_fd` just now, and no Python code ran since.
             let n = unsafe {
                 if this.kind.is_pipe() {
-                    libc::write(this.fd, raw.as_ptr().cast(), raw.len())
+                    libc::write(fd, raw.as_ptr().cast(), raw.len())
                 } else {
-                    libc::send(this.fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL)
+                    libc::send(fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL)
                 }
             };
             match usize::try_from(n) {
@@ -610,6 +700,17 @@ impl Transport {
         Self::maybe_pause_protocol(slf)
     }
 
+    /// `obj.<name>` when the instance's `__dict__` replaces the method (a
+    /// `mock.patch.object`, a library's wrapper): where asyncio calls
+    /// `self.<name>(...)`, that is what must run.
+    pub(super) fn instance_override<'py>(
+        obj: &Bound<'py, PyAny>,
+        name: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let dict = obj.getattr(pyo3::intern!(obj.py(), "__dict__"))?;
+        dict.cast_into::<PyDict>()?.get_item(name)
+    }
+
     /// Drops the buffered data (after a write error), returning it to be released
     /// outside the borrow.
     pub(super) fn take_buffer(&self, py: Python<'_>) -> VecDeque<Chunk> {
@@ -622,9 +723,27 @@ impl Transport {
     /// CPython: `_FlowControlMixin._maybe_pause_protocol`.
     pub(super) fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let (size, exotic) = {
+            let st = slf.get().state.borrow_mut(py);
+            match &st.marks {
+                Some(m) if m.exotic => (st.buffer_size, Some(m.high.clone_ref(py))),
+                _ => {
+                    if st.buffer_size <= st.high_water {
+                        return Ok(());
+                    }
+                    (st.buffer_size, None)
+                }
+            }
+        };
+        // `size <= high` in Python for other numbers (outside the borrow).
+        if let Some(high) = exotic {
+            if size.into_pyobject(py)?.le(high.bind(py))? {
+                return Ok(());
+            }
+        }
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.buffer_size <= st.high_water || st.protocol_paused {
+            if st.protocol_paused {
                 return Ok(());
             }
             st.protocol_paused = true;
@@ -641,9 +760,29 @@ impl Transport {
     /// CPython: `_FlowControlMixin._maybe_resume_protocol`.
     pub(super) fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let (size, exotic) = {
+            let st = slf.get().state.borrow_mut(py);
+            if !st.protocol_paused {
+                return Ok(());
+            }
+            match &st.marks {
+                Some(m) if m.exotic => (st.buffer_size, Some(m.low.clone_ref(py))),
+                _ => {
+                    if st.buffer_size > st.low_water {
+                        return Ok(());
+                    }
+                    (st.buffer_size, None)
+                }
+            }
+        };
+        if let Some(low) = exotic {
+            if !size.into_pyobject(py)?.le(low.bind(py))? {
+                return Ok(());
+            }
+        }
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if !(st.protocol_paused && st.buffer_size <= st.low_water) {
+            if !st.protocol_paused {
                 return Ok(());
             }
             st.protocol_paused = false;
@@ -828,34 +967,61 @@ impl Transport {
         Ok(())
     }
 
+    /// CPython: `_FlowControlMixin._set_write_buffer_limits`, with Python's own
+    /// arithmetic and comparisons on whatever numbers it is given.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (high, low) = match (high, low) {
-            (None, None) => (64 * 1024, 16 * 1024),
-            (None, Some(low)) => (4 * low, low),
-            (Some(high), None) => (high, high / 4),
-            (Some(high), Some(low)) => (high, low),
+        let py = slf.py();
+        let high = match (high, &low) {
+            (Some(high), _) => high,
+            (None, None) => (64_i32 * 1024).into_pyobject(py)?.into_any(),
+            (None, Some(low)) => 4_i32.into_pyobject(py)?.mul(low)?,
         };
-        if !(high >= low && low >= 0) {
+        let low = match low {
+            Some(low) => low,
+            None => high.floor_div(4)?,
+        };
+        // `not high >= low >= 0`
+        if !(high.ge(&low)? && low.ge(0)?) {
             return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
+                "high ({}) must be >= low ({}) must be >= 0",
+                high.repr()?,
+                low.repr()?
             )));
         }
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py());
-            st.high_water = usize::try_from(high).unwrap_or(usize::MAX);
-            st.low_water = usize::try_from(low).unwrap_or(0);
-        }
+        let (high_water, low_water) = (threshold(&high), threshold(&low));
+        let marks = WaterMarks {
+            high: high.unbind(),
+            low: low.unbind(),
+            exotic: high_water.is_none() || low_water.is_none(),
+        };
+        let old = {
+            let mut st = slf.get().state.borrow_mut(py);
+            st.high_water = high_water.unwrap_or(usize::MAX);
+            st.low_water = low_water.unwrap_or(0);
+            st.marks.replace(marks)
+        };
+        drop(old);
         Self::maybe_pause_protocol(slf)
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
         let st = self.state.borrow_mut(py);
-        (st.low_water, st.high_water)
+        match &st.marks {
+            Some(m) => (m.low.clone_ref(py), m.high.clone_ref(py)),
+            None => (
+                st.low_water
+                    .into_pyobject(py)
+                    .map_or_else(|_| py.None(), |v| v.into_any().unbind()),
+                st.high_water
+                    .into_pyobject(py)
+                    .map_or_else(|_| py.None(), |v| v.into_any().unbind()),
+            ),
+        }
     }
 
     pub(super) fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -1008,6 +1174,10 @@ impl Transport {
             visit.call(&st.server)?;
             visit.call(&st.empty_waiter)?;
             visit.call(&st.address)?;
+            if let Some(m) = &st.marks {
+                visit.call(&m.high)?;
+                visit.call(&m.low)?;
+            }
             for chunk in &st.buffer {
                 visit.call(&chunk.data)?;
                 visit.call(&chunk.addr)?;
@@ -1029,6 +1199,7 @@ impl Transport {
                 st.server.take(),
                 st.empty_waiter.take(),
                 st.address.take(),
+                st.marks.take(),
             )
         };
         drop((old, state));

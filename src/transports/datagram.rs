@@ -11,7 +11,9 @@
 //! IPv6 and Unix targets) go through the socket's own `sendto`, so every error and
 //! resolution rule stays the `socket` module's.
 
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyNotImplementedError, PyOSError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -31,7 +33,7 @@ struct Peer {
     raw: SockAddr,
 }
 
-#[pyclass(extends = Transport, frozen, module = "oxloop._oxloop", name = "DatagramTransport")]
+#[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "DatagramTransport")]
 pub struct DatagramTransport {
     /// AF_INET, AF_INET6 and AF_UNIX are read natively; others through `sock`.
     native: bool,
@@ -115,6 +117,13 @@ impl DatagramTransport {
         let py = base.py();
         let this = base.get();
         if let Ok(bytes) = data.cast::<PyBytes>() {
+            let Some(fd) = this.owned_fd(py) else {
+                let method = if self.connected { "send" } else { "sendto" };
+                return Ok(match this.fd_gone_error(py, method) {
+                    e if e.is_instance_of::<PyOSError>(py) => Sent::Failed(e),
+                    e => Sent::Fatal(e),
+                });
+            };
             let raw = bytes.as_bytes();
             let target = if self.connected {
                 None
@@ -124,13 +133,15 @@ impl DatagramTransport {
                     None => return self.send_via_socket(base, data, addr),
                 }
             };
+            // `fd` is owned: `owned_fd` above, and no Python code ran since
+            // (`sockaddr_of` only reads exact tuples).
             let n = match target {
                 // SAFETY: `raw` is the live content of `bytes`, which we hold.
-                None => unsafe { libc::send(this.fd, raw.as_ptr().cast(), raw.len(), 0) },
+                None => unsafe { libc::send(fd, raw.as_ptr().cast(), raw.len(), 0) },
                 Some(target) => {
                     let (to, len) = target.as_parts();
                     // SAFETY: as above; `to` is a valid address of `len` bytes.
-                    unsafe { libc::sendto(this.fd, raw.as_ptr().cast(), raw.len(), 0, to, len) }
+                    unsafe { libc::sendto(fd, raw.as_ptr().cast(), raw.len(), 0, to, len) }
                 }
             };
             if n >= 0 {
@@ -154,10 +165,13 @@ impl DatagramTransport {
         addr: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Sent> {
         let py = base.py();
+        let method = if self.connected { "send" } else { "sendto" };
         let Some(sock) = base.get().sock.clone_ref(py) else {
-            return Ok(Sent::Fatal(PyOSError::new_err("transport is closed")));
+            // asyncio: `self._sock.send...` on `None`.
+            return Ok(Sent::Fatal(base.get().fd_gone_error(py, method)));
         };
         let sock = sock.bind(py);
+        // The socket object's own method: it checks its own fd.
         let result = if self.connected {
             sock.call_method1("send", (data,))
         } else {
@@ -192,7 +206,16 @@ impl DatagramTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         let received = if me.native {
-            match me.recv(py, this.fd) {
+            let Some(fd) = this.owned_fd(py) else {
+                if !this.sock.is_some(py) {
+                    return Ok(false); // closed: nothing to read from
+                }
+                // Closed under the transport: what `sock.recvfrom` raises.
+                let exc = this.fd_gone_error(py, "recvfrom");
+                return Self::error_received(base, protocol, exc).map(|()| false);
+            };
+            // `fd` is owned: `owned_fd` just now, no Python code before the recvfrom.
+            match me.recv(py, fd) {
                 Ok((data, raw)) => me.address_object(py, &raw).map(|addr| (data, addr)),
                 Err(e) if is_retry(&e) => return Ok(false),
                 Err(e) => {
@@ -270,8 +293,14 @@ impl DatagramTransport {
         address: Option<&Bound<'py, PyAny>>,
         waiter: Option<&Bound<'py, PyAny>>,
         extra: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, Self>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
+        if !super::is_exact_socket(sock)? {
+            // A subclass or duck type: asyncio's own transport, which calls its
+            // `recvfrom`/`send`/`sendto` (see `StreamTransport::_create`).
+            return py::selector_datagram_transport(py)?
+                .call1((event_loop, sock, protocol, address, waiter, extra));
+        }
         let address = address.filter(|a| !a.is_none());
         let base = Transport::new(Kind::Datagram, sock, extra, None, address)?;
         let connected = match base.extra_item(py, "peername")? {
@@ -294,6 +323,32 @@ impl DatagramTransport {
             Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
             true,
         )
+        .map(Bound::into_any)
+    }
+
+    // asyncio's `_SelectorDatagramTransport` is also a `WriteTransport` (through
+    // `_FlowControlMixin`): its stream-only methods raise `NotImplementedError`.
+
+    #[allow(clippy::unused_self)] // asyncio's signature
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = data;
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    /// `WriteTransport.writelines`: the join, then `self.write()`.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
+        slf.call_method1("write", (joined,)).map(drop)
+    }
+
+    #[allow(clippy::unused_self)]
+    fn write_eof(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    #[allow(clippy::unused_self)]
+    fn can_write_eof(&self) -> PyResult<bool> {
+        Err(PyNotImplementedError::new_err(()))
     }
 
     /// The reader callback (CPython `_read_ready`).
@@ -342,8 +397,9 @@ impl DatagramTransport {
         if !(data.is_instance_of::<PyBytes>() || Transport::is_mutable_bytes_like(data)) {
             return Err(Transport::not_bytes_like(data));
         }
-        let size = data.len()?;
-        if size == 0 {
+        // asyncio: `if not data: return` (a memoryview's len counts elements of its
+        // first dimension; the buffer below is accounted in bytes).
+        if !data.is_truthy()? {
             return Ok(());
         }
         let address = this
@@ -380,6 +436,10 @@ impl DatagramTransport {
             return Err(Transport::not_bytes_like(data));
         };
         {
+            // In bytes, as `_sendto_ready` takes it off (`len(data)` of a
+            // memoryview of ints would count elements: CPython's own accounting
+            // then drifts, and a usize would wrap).
+            let size = data.as_bytes().len();
             let mut st = this.state.borrow_mut(py);
             st.buffer.push_back(Chunk {
                 data: data.unbind(),
@@ -401,7 +461,9 @@ impl DatagramTransport {
                 let mut st = this.state.borrow_mut(py);
                 let chunk = st.buffer.pop_front();
                 if let Some(chunk) = &chunk {
-                    st.buffer_size -= chunk.data.bind(py).as_bytes().len();
+                    // Added in bytes by `sendto`; saturating all the same.
+                    let size = chunk.data.bind(py).as_bytes().len();
+                    st.buffer_size = st.buffer_size.saturating_sub(size);
                 }
                 chunk
             }) else {

@@ -20,7 +20,9 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyValueError};
+use pyo3::exceptions::{
+    PyAssertionError, PyAttributeError, PyBrokenPipeError, PyNotImplementedError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -57,7 +59,8 @@ fn set_non_blocking(fd: RawFd) -> PyResult<()> {
 }
 
 /// `pipe.fileno()`, its file type checked as the pipe transports check it, and the
-/// fd made non-blocking (before the transport exists: a refused pipe is left open
+/// fd made non-blocking (the fd is the pipe object's, just asked, under the same
+/// GIL hold: still owned by it for the fstat and fcntl) (before the transport exists: a refused pipe is left open
 /// and unwarned, as asyncio leaves it).
 fn checked_fd(
     pipe: &Bound<'_, PyAny>,
@@ -79,6 +82,12 @@ fn log_closed_by_peer(slf: &Bound<'_, Transport>) -> PyResult<()> {
         py::asyncio_logger(py)?.call_method1("info", ("%r was closed by peer", slf))?;
     }
     Ok(())
+}
+
+fn no_attribute(name: &str) -> PyErr {
+    PyAttributeError::new_err(format!(
+        "'_UnixReadPipeTransport' object has no attribute '{name}'"
+    ))
 }
 
 #[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "ReadPipeTransport")]
@@ -120,7 +129,13 @@ impl ReadPipeTransport {
         let py = slf.py();
         let base = slf.as_super();
         let this = base.get();
-        match crate::ffi::read_into_new_bytes(py, this.fd, MAX_SIZE, ReadCall::Read) {
+        let Some(fd) = this.owned_fd(py) else {
+            // The pipe was detached (`_pipe = None`) or the transport closed.
+            return Ok(());
+        };
+        // `fd` is owned: `owned_fd` just now, and no Python code runs before the
+        // read.
+        match crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Read) {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on pipe transport")
@@ -148,6 +163,29 @@ impl ReadPipeTransport {
                 this.schedule_connection_lost(base, py.None())
             }
         }
+    }
+
+    // asyncio's read pipe is a `ReadTransport` only: the write side of the shared
+    // base is hidden (`hasattr` is false, and calling it is an `AttributeError`).
+
+    #[getter]
+    fn set_write_buffer_limits(&self) -> PyResult<()> {
+        Err(no_attribute("set_write_buffer_limits"))
+    }
+
+    #[getter(get_write_buffer_size)] // named: a bare getter drops `get_`
+    fn get_write_buffer_size(&self) -> PyResult<()> {
+        Err(no_attribute("get_write_buffer_size"))
+    }
+
+    #[getter(get_write_buffer_limits)]
+    fn get_write_buffer_limits(&self) -> PyResult<()> {
+        Err(no_attribute("get_write_buffer_limits"))
+    }
+
+    #[getter]
+    fn abort(&self) -> PyResult<()> {
+        Err(no_attribute("abort"))
     }
 
     /// `asyncio.unix_events._UnixReadPipeTransport`, so that
@@ -256,8 +294,12 @@ impl WritePipeTransport {
         )
     }
 
+    /// `WriteTransport.writelines`: one `self.write()` of the joined data.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let joined = PyBytes::new(slf.py(), b"").call_method1("join", (list_of_data,))?;
+        if let Some(write) = Transport::instance_override(slf.as_any(), "write")? {
+            return write.call1((joined,)).map(drop);
+        }
         Self::write(slf, &joined)
     }
 
@@ -296,6 +338,24 @@ impl WritePipeTransport {
         true
     }
 
+    // asyncio's write pipe is a `Transport` whose read side is `ReadTransport`'s
+    // abstract methods.
+
+    #[allow(clippy::unused_self)]
+    fn is_reading(&self) -> PyResult<bool> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    #[allow(clippy::unused_self)]
+    fn pause_reading(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    #[allow(clippy::unused_self)]
+    fn resume_reading(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
     /// No half-close for a pipe: closes once the buffer is flushed.
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::close_after_flush(slf)
@@ -304,6 +364,13 @@ impl WritePipeTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         if !slf.as_super().get().sock.is_some(slf.py()) {
             return Ok(());
+        }
+        // asyncio: `self.write_eof()`, whatever the instance put there.
+        if let Some(write_eof) = Transport::instance_override(slf.as_any(), "write_eof")? {
+            if slf.as_super().get().is_closing(slf.py()) {
+                return Ok(());
+            }
+            return write_eof.call0().map(drop);
         }
         Self::close_after_flush(slf)
     }
