@@ -270,23 +270,28 @@ impl LoopCore {
         if slf.get().debug() && !sock.call_method0("gettimeout")?.eq(0)? {
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         // The raw fd only for an exact socket.socket: a subclass or a duck type (a
         // TLS connection, a test double) gets its own recv/send called, as asyncio
-        // calls them. `fd` was just read from it under this GIL hold: owned.
-        let exact = crate::transports::is_exact_socket(sock)?;
+        // calls them, and is asked for fileno() only once that first try would
+        // block, as asyncio asks. `fd` is read from the socket under this GIL
+        // hold: owned.
+        let fast_fd: Option<RawFd> = if crate::transports::is_exact_socket(sock)? {
+            Some(sock.call_method0("fileno")?.extract()?)
+        } else {
+            None
+        };
         let mut sent = 0;
         let done = match kind {
-            SockKind::Recv => match fast_recv_size(arg).filter(|_| exact) {
+            SockKind::Recv => match (fast_recv_size(arg), fast_fd) {
                 // MSG_DONTWAIT: a blocking socket waits for readiness instead of
                 // blocking the loop.
-                Some(n) => recv_now(sock, fd, n)?,
-                None => call_now(sock, "recv", arg)?,
+                (Some(n), Some(fd)) => recv_now(sock, fd, n)?,
+                _ => call_now(sock, "recv", arg)?,
             },
             SockKind::RecvInto => call_now(sock, "recv_into", arg)?,
             SockKind::SendAll => {
-                sent = match arg.cast::<PyBytes>() {
-                    Ok(bytes) if exact => send_now(bytes, fd)?,
+                sent = match (arg.cast::<PyBytes>(), fast_fd) {
+                    (Ok(bytes), Some(fd)) => send_now(bytes, fd)?,
                     _ => call_now(sock, "send", arg)?.map_or(Ok(0), |n| n.extract())?,
                 };
                 // In bytes: `len()` of a memoryview of ints counts elements.
@@ -306,6 +311,10 @@ impl LoopCore {
         if let Some(result) = done {
             return Ok((true, result));
         }
+        let fd: RawFd = match fast_fd {
+            Some(fd) => fd,
+            None => sock.call_method0("fileno")?.extract()?,
+        };
         Self::ensure_fd_no_transport(slf, fd)?;
         Ok((false, Self::sock_wait(slf, sock, fd, kind, arg, sent)?))
     }
