@@ -92,6 +92,13 @@ fn py313(py: Python<'_>) -> bool {
     py.version_info() >= (3, 13)
 }
 
+/// CPython 3.12+: `_SelectorSocketTransport.writelines` is its own method, with its
+/// own checks and messages (3.11 inherits `WriteTransport.writelines`, a `write` of
+/// the joined items).
+pub fn own_writelines(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 12)
+}
+
 /// Private methods and attributes of the stdlib's loop classes that oxloop's `Loop`
 /// inherits and the extension calls on itself, with the class that defines them.
 pub mod names {

@@ -11,9 +11,10 @@ import contextvars
 import inspect
 import re
 import socket
+from asyncio import selector_events
 
 import pytest
-from _net import wait_until
+from _net import run, stream_pair, wait_until
 
 
 def test_divergence_non_callable_refused_at_call_time(loop, loop_impl):
@@ -170,3 +171,32 @@ def test_divergence_refused_run_forever_keeps_the_running_loop(loop, loop_impl, 
     running = None if loop_impl == 'asyncio' and stdlib_clears else loop
     assert seen == ['Cannot run the event loop while another loop is running', running]
     assert not other.is_running()
+
+
+def test_divergence_write_copies_mutable_data(loop, loop_impl, kind, path):
+    # oxloop copies what write() is given; the stdlib's stream transport copies into
+    # a bytearray up to 3.11, and since 3.12 (zero-copy, CPython GH-91166) keeps the
+    # caller's object, so a bytearray mutated before it is sent goes out mutated.
+    big = 8 * 1024 * 1024  # more than the kernel buffers of a socket pair hold
+    stdlib_copies = getattr(selector_events._SelectorSocketTransport, '_buffer_factory', None) is bytearray
+
+    async def main():
+        async with stream_pair(loop, kind, path) as (client, server):
+            tr = client.transport
+            server.transport.pause_reading()
+            tr.write(b'f' * big)  # fill the kernel buffers: what follows stays in the transport
+            assert tr.get_write_buffer_size() > 0
+            data = bytearray(b'original')
+            tr.write(data)
+            view_src = bytearray(b'view-src')
+            tr.write(memoryview(view_src))
+            data[:] = b'mutated!'
+            view_src[:] = b'MUTATED!'
+            server.transport.resume_reading()
+            return await server.read(big + 16, timeout=10)
+
+    got = run(loop, main())
+    if loop_impl == 'oxloop' or stdlib_copies:
+        assert got[big:] == b'originalview-src'
+    else:
+        assert got[big:] == b'mutated!MUTATED!'
