@@ -92,6 +92,30 @@ fn py313(py: Python<'_>) -> bool {
     py.version_info() >= (3, 13)
 }
 
+/// `format_helpers._format_callback_source(callback, args)` as `Handle` calls it:
+/// CPython 3.13 shows the arguments only in debug mode (they may hold secrets) and
+/// takes the loop's debug flag.
+pub fn callback_source<'py>(
+    py: Python<'py>,
+    callback: Py<PyAny>,
+    args: Py<PyAny>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let format = format_callback_source(py)?;
+    if py313(py) {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
+        format.call((callback, args), Some(&kwargs))
+    } else {
+        format.call1((callback, args))
+    }
+}
+
+/// CPython 3.13+: `sendto(b'')` sends an empty datagram (earlier versions drop it).
+pub fn sends_empty_datagrams(py: Python<'_>) -> bool {
+    py313(py)
+}
+
 /// CPython 3.12+: `_SelectorSocketTransport.writelines` is its own method, with its
 /// own checks and messages (3.11 inherits `WriteTransport.writelines`, a `write` of
 /// the joined items).

@@ -2,7 +2,7 @@
 
 ``Loop`` inherits the hot half (``call_soon``, timers, fd callbacks, the run
 iteration, native transports) from the Rust ``LoopCore``, and everything else from
-the stdlib's own Unix selector loop (``unix_events._UnixSelectorEventLoop`` and its
+the stdlib's own Unix selector loop (``_UnixSelectorEventLoop`` and its
 bases): ``run_until_complete``, tasks and futures, executors, async-generator
 hooks, the exception handler, DNS, signals, and the orchestration of connections,
 servers, pipes and subprocesses. That code keeps asyncio's exact behaviour and

@@ -343,7 +343,7 @@ impl DatagramTransport {
             return Err(Transport::not_bytes_like(data));
         }
         let size = data.len()?;
-        if size == 0 {
+        if size == 0 && !py::sends_empty_datagrams(py) {
             return Ok(());
         }
         let address = this
