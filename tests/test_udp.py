@@ -228,7 +228,11 @@ def test_udp_argument_errors(loop):
         tcp = socket.socket()
         try:
             # 3.13 refuses stream sockets only, in other words.
-            expected = 'A datagram socket' if 'SOCK_STREAM' in inspect.getsource(asyncio.BaseEventLoop.create_datagram_endpoint) else 'A UDP Socket'
+            expected = (
+                'A datagram socket'
+                if 'SOCK_STREAM' in inspect.getsource(asyncio.BaseEventLoop.create_datagram_endpoint)
+                else 'A UDP Socket'
+            )
             with pytest.raises(ValueError, match=f'^{expected} was expected, got '):
                 await loop.create_datagram_endpoint(DatagramRecorder, sock=tcp)
             with pytest.raises(ValueError) as info:
