@@ -57,7 +57,7 @@ class _TestTimeout(SystemExit):
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_timeout_set_timer(item: pytest.Item, settings):  # noqa: ANN001 - pytest-timeout's Settings
+def pytest_timeout_set_timer(item: pytest.Item, settings):
     if settings.method != 'signal' or threading.current_thread() is not threading.main_thread():
         return None  # pytest-timeout's own timer
     import pytest_timeout

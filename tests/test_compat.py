@@ -319,7 +319,7 @@ def test_compat_create_connection_all_errors(loop):
 
     async def main():
         loop.getaddrinfo = getaddrinfo
-        with pytest.raises(ExceptionGroup) as info:  # noqa: F821 - 3.11+
+        with pytest.raises(ExceptionGroup) as info:
             await loop.create_connection(asyncio.Protocol, 'localhost', 1, all_errors=True)
         assert len(info.value.exceptions) == 2
         assert all(isinstance(e, ConnectionRefusedError) for e in info.value.exceptions)

@@ -476,7 +476,7 @@ def test_reliability_loop_close_with_live_transports_leaks_nothing(loop_impl, pa
     run(loop, main(open(r, 'rb', buffering=0), open(w, 'wb', buffering=0)))  # noqa: SIM115
     assert len(open_fds()) > len(fds_before)
     loop.close()
-    del loop
+    loop = None  # (the cell main() closes over: drop the loop)
 
     def release():
         keep.clear()
