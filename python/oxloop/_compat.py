@@ -23,7 +23,6 @@ UnixSelectorEventLoop = unix_events._UnixSelectorEventLoop
 #: Its accept path, which TLS servers keep.
 BaseSelectorEventLoop = selector_events.BaseSelectorEventLoop
 TransportSocket = trsock.TransportSocket
-is_debug_mode = coroutines._is_debug_mode
 SSL_HANDSHAKE_TIMEOUT = constants.SSL_HANDSHAKE_TIMEOUT
 SSL_SHUTDOWN_TIMEOUT = constants.SSL_SHUTDOWN_TIMEOUT
 ACCEPT_RETRY_DELAY = constants.ACCEPT_RETRY_DELAY
@@ -31,6 +30,11 @@ ACCEPT_RETRY_DELAY = constants.ACCEPT_RETRY_DELAY
 # The C socket type's own getters (ints), under socket.socket's enum-converting properties.
 raw_family = _socket.socket.family.__get__
 raw_type = _socket.socket.type.__get__
+
+
+def is_debug_mode() -> bool:
+    """``asyncio.coroutines._is_debug_mode()``, looked up per call (tests patch it)."""
+    return coroutines._is_debug_mode()  # type: ignore[no-any-return]
 
 
 def get_running_loop() -> Any:
