@@ -18,6 +18,7 @@ __all__ = [
     'TimerHandle',
     'WritePipeTransport',
     '__version__',
+    '_compat_names',
     'build_profile',
 ]
 
