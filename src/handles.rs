@@ -154,7 +154,8 @@ impl Handle {
                 .args
                 .clone_ref(py)
                 .map_or_else(|| py.None(), Py::into_any);
-            info.push(py::format_callback_source(py)?.call1((callback, args))?);
+            let debug = this.event_loop.get().debug();
+            info.push(py::callback_source(py, callback, args, debug)?);
         }
         if let Some(tb) = &this.source_traceback {
             let tb = tb.bind(py);

@@ -38,6 +38,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::pipe::ReadPipeTransport>()?;
     m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_class::<event_loop::sock::SockWaiter>()?;
+    m.add_function(wrap_pyfunction!(py::_compat_names, m)?)?;
     fastcall::install(m.py())?;
     Ok(())
 }

@@ -1,7 +1,15 @@
-//! Python objects looked up once per interpreter (uvloop's `includes/stdlib.pxi`).
+//! The Rust half of oxloop's compat seam: every stdlib object and private name the
+//! extension uses is reached from here (Python code goes through
+//! `python/oxloop/_compat.py`), and where the stdlib's private API differs between
+//! CPython versions, the version is chosen here and nowhere else.
+//!
+//! Objects are looked up once per interpreter (uvloop's `includes/stdlib.pxi`).
+//! `_compat_names()` (exported by the extension) resolves every one of them, and
+//! tests/test_compat.py checks them on the running interpreter.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyList;
 
 fn cached<'py>(
     cell: &'static PyOnceLock<Py<PyAny>>,
@@ -24,6 +32,10 @@ macro_rules! import_cache {
                 cached(&CELL, py, $module, $attr)
             }
         )*
+
+        /// Every cached object, as `("module.attr", getter)`.
+        const CACHED: &[(&str, for<'py> fn(Python<'py>) -> PyResult<&'py Bound<'py, PyAny>>)] =
+            &[$((concat!($module, ".", $attr), $name),)*];
     };
 }
 
@@ -72,8 +84,161 @@ import_cache! {
     fsdecode => "os" . "fsdecode";
     /// `warnings.warn`.
     warn => "warnings" . "warn";
-    /// `asyncio.tasks._set_task_name`.
-    set_task_name => "asyncio.tasks" . "_set_task_name";
+}
+
+/// CPython 3.13 or later (`Server` tracks its transports; task factories' tasks are
+/// named unconditionally).
+fn py313(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 13)
+}
+
+/// `format_helpers._format_callback_source(callback, args)` as `Handle` calls it:
+/// CPython 3.13 shows the arguments only in debug mode (they may hold secrets) and
+/// takes the loop's debug flag.
+pub fn callback_source<'py>(
+    py: Python<'py>,
+    callback: Py<PyAny>,
+    args: Py<PyAny>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let format = format_callback_source(py)?;
+    if py313(py) {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
+        format.call((callback, args), Some(&kwargs))
+    } else {
+        format.call1((callback, args))
+    }
+}
+
+/// CPython 3.13+: `sendto(b'')` sends an empty datagram (earlier versions drop it).
+pub fn sends_empty_datagrams(py: Python<'_>) -> bool {
+    py313(py)
+}
+
+/// CPython 3.12+: `_SelectorSocketTransport.writelines` is its own method, with its
+/// own checks and messages (3.11 inherits `WriteTransport.writelines`, a `write` of
+/// the joined items).
+pub fn own_writelines(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 12)
+}
+
+/// Private methods and attributes of the stdlib's loop classes that oxloop's `Loop`
+/// inherits and the extension calls on itself, with the class that defines them.
+pub mod names {
+    /// `BaseEventLoop._check_callback(callback, method)`.
+    pub const CHECK_CALLBACK: &str = "_check_callback";
+    /// `BaseSelectorEventLoop._ensure_fd_no_transport(fd)`.
+    pub const ENSURE_FD_NO_TRANSPORT: &str = "_ensure_fd_no_transport";
+    /// `events.Handle._cancelled` and `events.Handle._run()` (the stdlib's signal
+    /// code hands its own handles to `_add_callback`).
+    pub const HANDLE_CANCELLED: &str = "_cancelled";
+    pub const HANDLE_RUN: &str = "_run";
+    /// `Task._source_traceback` (create_task drops its own frame from it).
+    pub const SOURCE_TRACEBACK: &str = "_source_traceback";
+
+    /// `(owner, name)` for the checks of `_compat_names()`.
+    pub(super) const ALL: &[(&str, &str)] = &[
+        ("asyncio.base_events.BaseEventLoop", CHECK_CALLBACK),
+        (
+            "asyncio.selector_events.BaseSelectorEventLoop",
+            ENSURE_FD_NO_TRANSPORT,
+        ),
+        ("asyncio.events.Handle", HANDLE_CANCELLED),
+        ("asyncio.events.Handle", HANDLE_RUN),
+        ("asyncio.tasks.Task", SOURCE_TRACEBACK),
+        ("asyncio.base_events.Server", "_attach"),
+        ("asyncio.base_events.Server", "_detach"),
+    ];
+}
+
+/// `Server._attach()` for a transport the server accepted: CPython 3.13 passes the
+/// transport (`Server._clients`, for `close_clients()`), earlier versions count.
+pub fn server_attach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    if py313(py) {
+        server.call_method1(pyo3::intern!(py, "_attach"), (transport,))?;
+    } else {
+        server.call_method0(pyo3::intern!(py, "_attach"))?;
+    }
+    Ok(())
+}
+
+/// `Server._detach()`, the counterpart of [`server_attach`].
+pub fn server_detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    if py313(py) {
+        server.call_method1(pyo3::intern!(py, "_detach"), (transport,))?;
+    } else {
+        server.call_method0(pyo3::intern!(py, "_detach"))?;
+    }
+    Ok(())
+}
+
+/// Names a task made by a task factory, as that version's `create_task` does:
+/// CPython 3.13 calls `task.set_name(name)` whatever the name (even `None`);
+/// 3.11 and 3.12 (`tasks._set_task_name`) only when a name is given, and warn
+/// instead of failing when the task has no `set_name`.
+pub fn set_task_name(task: &Bound<'_, PyAny>, name: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = task.py();
+    let set_name = pyo3::intern!(py, "set_name");
+    if py313(py) {
+        task.call_method1(set_name, (name,))?;
+        return Ok(());
+    }
+    let Some(name) = name else {
+        return Ok(());
+    };
+    match task.getattr(set_name) {
+        Ok(method) => method.call1((name,)).map(drop),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => warn(py)?
+            .call1((
+                "Task.set_name() was added in Python 3.8, the method support will be \
+                 mandatory for third-party task implementations since 3.13.",
+                py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                3,
+            ))
+            .map(drop),
+        Err(err) => Err(err),
+    }
+}
+
+/// `sock.close()` from a transport's dealloc. When the transport is collected in a
+/// reference cycle with its socket, the GC has already cleared the `socket.socket`'s
+/// `__slots__` (`_io_refs`, `_closed`: `close()` raises `AttributeError`); the
+/// stdlib's transport closes it in `__del__`, before that. Close the C socket then.
+pub fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    match sock.call_method0(pyo3::intern!(py, "close")) {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                && sock.is_instance(raw_socket_type(py)?)? =>
+        {
+            raw_socket_type(py)?
+                .getattr(pyo3::intern!(py, "close"))?
+                .call1((sock,))
+                .map(drop)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// `_oxloop._compat_names()`: resolves every object and private name above on the
+/// running interpreter and returns `[(name, object), ...]` (tests/test_compat.py
+/// checks their shapes). Raises if one is missing.
+#[pyfunction]
+pub fn _compat_names(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let out = PyList::empty(py);
+    for (name, get) in CACHED {
+        out.append((*name, get(py)?))?;
+    }
+    for (owner, name) in names::ALL {
+        let (module, class) = owner.rsplit_once('.').expect("owner is module.Class");
+        let obj = py.import(module)?.getattr(class)?.getattr(*name)?;
+        out.append((format!("{owner}.{name}"), obj))?;
+    }
+    Ok(out)
 }
 
 /// A socket's `family`, `type` and `proto` as the C `_socket.socket` stores them:

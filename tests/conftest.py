@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 
 import pytest
 
@@ -41,6 +43,41 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
         return
     if not loop.is_closed():
         loop.close()
+
+
+class _TestTimeout(SystemExit):
+    """What a test that overran its timeout gets, in the main thread.
+
+    pytest-timeout's own signal handler raises ``pytest.fail``'s exception, which a
+    running loop swallows when the test is inside a callback (``Handle._run`` reports
+    everything but ``SystemExit``/``KeyboardInterrupt`` to the exception handler), so
+    the test went on hanging. Both loops re-raise a ``SystemExit`` out of
+    ``run_forever``, and pytest reports it as the test's failure. The alarm repeats
+    until the test ends, in case something swallows this one too."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings):
+    if settings.method != 'signal' or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own timer
+    import pytest_timeout
+
+    fired = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            pytest_timeout.dump_stacks(item.config.get_terminal_writer())
+        fired.append(True)
+        raise _TestTimeout(f'Timeout (>{settings.timeout}s) in {item.nodeid}')
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined] # pytest-timeout's cancel hook calls it
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout, 1.0)
+    return True
 
 
 @pytest.fixture

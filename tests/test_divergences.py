@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
+import re
 import socket
+from asyncio import selector_events
 
 import pytest
-from _net import wait_until
+from _net import run, stream_pair, wait_until
 
 
 def test_divergence_non_callable_refused_at_call_time(loop, loop_impl):
@@ -69,6 +72,9 @@ def test_divergence_sock_recv_on_a_blocking_socket_waits_for_readiness(loop, loo
 
     async def main():
         tick = asyncio.ensure_future(ticker())
+        # The first tick before the wait: since 3.12, wait_for() runs sock_recv() in
+        # this task at once (3.11 made a task, which let the ticker start first).
+        await asyncio.sleep(0)
         sender = threading.Timer(0.2, b.send, (b'late',))  # a thread: asyncio's loop is blocked
         sender.start()
         assert await asyncio.wait_for(loop.sock_recv(a, 10), 5) == b'late'
@@ -117,3 +123,57 @@ def test_divergence_accepted_connection_protocol_factory_runs_without_a_task(loo
         assert tasks == [None, None]
     else:
         assert all(isinstance(task, asyncio.Task) for task in tasks)
+
+
+def test_divergence_refused_run_forever_keeps_the_running_loop(loop, loop_impl, loop_factory):
+    # CPython 3.13.0 calls _run_forever_setup() (which refuses) inside run_forever's
+    # try, so the finally's _run_forever_cleanup() clears the running loop, another
+    # loop's (CPython gh-130145, fixed in later releases). oxloop sets up before the try.
+    other = loop_factory()
+    seen = []
+
+    def cb():
+        try:
+            other.run_forever()
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        seen.append(asyncio.events._get_running_loop())
+        asyncio.events._set_running_loop(loop)
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    source = inspect.getsource(asyncio.BaseEventLoop.run_forever)
+    stdlib_clears = re.search(r'try:\s+self\._run_forever_setup\(\)', source) is not None
+    running = None if loop_impl == 'asyncio' and stdlib_clears else loop
+    assert seen == ['Cannot run the event loop while another loop is running', running]
+    assert not other.is_running()
+
+
+def test_divergence_write_copies_mutable_data(loop, loop_impl, kind, path):
+    # oxloop copies what write() is given; the stdlib's stream transport copies into
+    # a bytearray up to 3.11, and since 3.12 (zero-copy, CPython GH-91166) keeps the
+    # caller's object, so a bytearray mutated before it is sent goes out mutated.
+    big = 8 * 1024 * 1024  # more than the kernel buffers of a socket pair hold
+    stdlib_copies = getattr(selector_events._SelectorSocketTransport, '_buffer_factory', None) is bytearray
+
+    async def main():
+        async with stream_pair(loop, kind, path) as (client, server):
+            tr = client.transport
+            server.transport.pause_reading()
+            tr.write(b'f' * big)  # fill the kernel buffers: what follows stays in the transport
+            assert tr.get_write_buffer_size() > 0
+            data = bytearray(b'original')
+            tr.write(data)
+            view_src = bytearray(b'view-src')
+            tr.write(memoryview(view_src))
+            data[:] = b'mutated!'
+            view_src[:] = b'MUTATED!'
+            server.transport.resume_reading()
+            return await server.read(big + 16, timeout=10)
+
+    got = run(loop, main())
+    if loop_impl == 'oxloop' or stdlib_copies:
+        assert got[big:] == b'originalview-src'
+    else:
+        assert got[big:] == b'mutated!MUTATED!'

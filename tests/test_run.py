@@ -228,6 +228,10 @@ def test_run_other_loop_while_running_raises(loop, loop_factory):
                 run()
             except RuntimeError as exc:
                 errors.append(str(exc))
+            # CPython 3.13.0's refused run_forever() clears the running loop (see
+            # test_divergence_refused_run_forever_keeps_the_running_loop); put it back,
+            # or the next attempt runs `other` for ever.
+            asyncio.events._set_running_loop(loop)
         loop.stop()
 
     loop.call_soon(cb)

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import socket
+from asyncio import selector_events
 
 import pytest
 from _net import DATA, EOF, LOST, MADE, PAUSE, RESUME, Recorder, capture_errors, run, stream_pair, wait_until
@@ -435,26 +436,6 @@ def test_transport_unclosed_resource_warning(loop):
     b.close()
 
 
-def test_transport_write_copies_mutable_data(loop, kind, path):
-    async def main():
-        async with stream_pair(loop, kind, path) as (client, server):
-            tr = client.transport
-            server.transport.pause_reading()
-            tr.write(b'f' * BIG)  # fill the kernel buffers: what follows stays in the transport
-            assert tr.get_write_buffer_size() > 0
-            data = bytearray(b'original')
-            tr.write(data)
-            view_src = bytearray(b'view-src')
-            tr.write(memoryview(view_src))
-            data[:] = b'mutated!'
-            view_src[:] = b'MUTATED!'
-            server.transport.resume_reading()
-            got = await server.read(BIG + 16, timeout=10)
-            assert got[BIG:] == b'originalview-src'
-
-    run(loop, main())
-
-
 def test_transport_write_in_connection_made(loop, kind, path):
     class Greeter(Recorder):
         def connection_made(self, transport):
@@ -700,7 +681,12 @@ def test_transport_writelines_takes_any_iterable(loop, kind, path):
 
 
 def test_transport_checks_order_after_write_eof(loop, kind, path):
-    # write() checks the type, then write_eof(), then emptiness.
+    # write() checks the type, then write_eof(), then emptiness. writelines() is a
+    # write() of the joined items up to 3.11; since 3.12 the stdlib transport has its
+    # own, which says so.
+    own_writelines = 'writelines' in vars(selector_events._SelectorSocketTransport)
+    method = 'writelines' if own_writelines else 'write'
+
     async def main():
         async with stream_pair(loop, kind, path) as (client, _):
             tr = client.transport
@@ -709,7 +695,7 @@ def test_transport_checks_order_after_write_eof(loop, kind, path):
                 tr.write('text')
             with pytest.raises(RuntimeError, match=r'^Cannot call write\(\) after write_eof\(\)$'):
                 tr.write(b'')
-            with pytest.raises(RuntimeError, match=r'^Cannot call write\(\) after write_eof\(\)$'):
+            with pytest.raises(RuntimeError, match=rf'^Cannot call {method}\(\) after write_eof\(\)$'):
                 tr.writelines([])
 
     run(loop, main())

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from . import _compat
 from ._loop import Loop
 from ._oxloop import __version__, build_profile
 
@@ -42,7 +43,7 @@ def install() -> None:
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run a coroutine on a fresh oxloop loop, as asyncio.run() does."""
-    if asyncio.events._get_running_loop() is not None:
+    if _compat.get_running_loop() is not None:
         # CPython: asyncio.run checks before it creates a loop.
         raise RuntimeError('asyncio.run() cannot be called from a running event loop')
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:

@@ -2,7 +2,7 @@
 
 ``Loop`` inherits the hot half (``call_soon``, timers, fd callbacks, the run
 iteration, native transports) from the Rust ``LoopCore``, and everything else from
-the stdlib's own Unix selector loop (``unix_events._UnixSelectorEventLoop`` and its
+the stdlib's own Unix selector loop (``_UnixSelectorEventLoop`` and its
 bases): ``run_until_complete``, tasks and futures, executors, async-generator
 hooks, the exception handler, DNS, signals, and the orchestration of connections,
 servers, pipes and subprocesses. That code keeps asyncio's exact behaviour and
@@ -12,7 +12,6 @@ messages; ``LoopCore`` comes first in the MRO and exposes the state it reads
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import contextvars
 import errno
@@ -22,22 +21,20 @@ import socket
 import sys
 import threading
 import weakref
-from asyncio import base_events, constants, coroutines, events, selector_events, trsock, unix_events
 from asyncio.log import logger
 from typing import Any
 
-from . import _oxloop
+from . import _compat, _oxloop
 
 __all__ = ('Loop',)
 
-# The C socket type's own getters (ints), under socket.socket's enum-converting properties.
-_raw_family = _socket.socket.family.__get__
-_raw_type = _socket.socket.type.__get__
 # A socket built with this type flag on an fd is non-blocking without a syscall.
 _SOCK_NONBLOCK = getattr(socket, 'SOCK_NONBLOCK', 0)
+# accept() errors after which asyncio reports, stops accepting and retries later.
+_ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignore[misc]
+class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose core runs in Rust."""
 
     def __init__(self) -> None:
@@ -46,7 +43,7 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         self._default_executor = None
         self._internal_fds = 1  # LoopCore's eventfd waker (the self-pipe adds one when made)
         self._exception_handler = None
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(_compat.is_debug_mode())
         self.slow_callback_duration = 0.1
         self._current_handle = None
         self._task_factory = None
@@ -55,6 +52,7 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
+        self._old_agen_hooks: tuple[Any, ...] | None = None  # saved by _run_forever_setup
         # unix_events._UnixSelectorEventLoop state.
         self._signal_handlers: dict[int, Any] = {}
         # The self-pipe that signal.set_wakeup_fd() writes to; made on first use.
@@ -62,21 +60,21 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         self._csock: socket.socket | None = None
         self._selector = _SelectorView(self)
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        # What this version's stdlib __init__s add for the methods Loop inherits.
+        for name, value in _compat.loop_state().items():
+            setattr(self, name, value)
         _live_loops.add(self)
 
     # ----- running ---------------------------------------------------------------
 
     def run_forever(self) -> None:
         """Run until stop() is called."""
-        # CPython 3.11 BaseEventLoop.run_forever, with the iterations in Rust.
-        self._check_closed()
-        self._check_running()
-        self._set_coroutine_origin_tracking(self._debug)
-        old_agen_hooks = sys.get_asyncgen_hooks()
+        # CPython 3.13's BaseEventLoop.run_forever (3.11's, split in the two halves
+        # that loops integrating a GUI loop call), with the iterations in Rust. The
+        # setup is outside the try, as before 3.13 and since CPython gh-130145: a loop
+        # that refuses to run must not clear the loop that is running (3.13.0 does).
+        self._run_forever_setup()
         try:
-            self._thread_id = threading.get_ident()
-            sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
-            events._set_running_loop(self)
             run_once = self.__dict__.get('_run_once', type(self)._run_once)
             if run_once is _oxloop.LoopCore._run_once:
                 self._run()
@@ -87,11 +85,28 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
                     if self._stopping:
                         break
         finally:
-            self._stopping = False
-            self._thread_id = None
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
+            self._run_forever_cleanup()
+
+    def _run_forever_setup(self) -> None:
+        """Prepare the loop to run (CPython 3.13's hook for loops that drive their
+        own iterations)."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook)
+        _compat.set_running_loop(self)
+
+    def _run_forever_cleanup(self) -> None:
+        """Undo _run_forever_setup (CPython 3.13's counterpart)."""
+        self._stopping = False
+        self._thread_id = None
+        _compat.set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
 
     def close(self) -> None:
         """Close the event loop: drop pending callbacks, shut the default executor
@@ -101,7 +116,7 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         if self.is_closed():
             return
         self._close_self_pipe()
-        base_events.BaseEventLoop.close(self)
+        asyncio.BaseEventLoop.close(self)
         self._close_core()
         self._internal_fds -= 1  # the eventfd waker
         self._selector = None  # CPython: a closed selector loop has no selector
@@ -149,12 +164,12 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         sslcontext: Any = None,
         server: Any = None,
         backlog: int = 100,
-        ssl_handshake_timeout: Any = constants.SSL_HANDSHAKE_TIMEOUT,
-        ssl_shutdown_timeout: Any = constants.SSL_SHUTDOWN_TIMEOUT,
+        ssl_handshake_timeout: Any = _compat.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: Any = _compat.SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
         if sslcontext is not None:
             # TLS keeps the stdlib's path: the handshake is awaited in a task.
-            return selector_events.BaseSelectorEventLoop._accept_connection(
+            return _compat.BaseSelectorEventLoop._accept_connection(
                 self, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
             )
         # CPython 3.11 _accept_connection, but the transport is made at once (as uvloop
@@ -175,35 +190,64 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
                     self._new_connection(protocol_factory, conn, addr, server)
             return None
         # accept4 in Rust: non-blocking sockets without a setblocking() call, and the
-        # end of the queue without a BlockingIOError raised and caught. The sockets
-        # are built from the listener's raw family and type (socket.socket's
-        # properties convert to enums on every read, as socket.accept() does twice).
+        # end of the queue without a BlockingIOError raised and caught. Up to
+        # `backlog` of them, as asyncio's `for _ in range(backlog)`: none when it is
+        # 0 or negative (listen() takes any int).
         accepted, error = self._accept_many(sock.fileno(), backlog)
-        if accepted:
-            family, type_, proto = _raw_family(sock), _raw_type(sock) | _SOCK_NONBLOCK, sock.proto
-            for fd, addr in accepted:
-                conn = socket.socket(family, type_, proto, fileno=fd)
-                self._new_connection(protocol_factory, conn, addr, server)
-        if error is not None:
+        if error is not None and error.errno in _ACCEPT_RESOURCE_ERRORS:
             # One report and one retry per batch (asyncio's loop goes on accepting
-            # after an EMFILE and reports again, up to `backlog` times).
+            # after an EMFILE and reports again, up to `backlog` times), made before
+            # the protocol factories run, as asyncio's (in tasks) do.
             self._accept_failed(error, args)
+            error = None
+        if accepted:
+            self._new_connections(protocol_factory, self._adopt(sock, accepted), server)
+        if error is not None:
+            raise error  # The event loop will catch, log and ignore it.
         return None
+
+    @staticmethod
+    def _adopt(listener: socket.socket, accepted: list[tuple[int, Any]]) -> list[tuple[socket.socket, Any]]:
+        """Give each accepted fd to a socket.socket before any Python code runs with
+        the rest of them bare; an fd that cannot be given one is closed."""
+        # The listener's raw family and type: socket.socket's properties convert to
+        # enums on every read (socket.accept() reads them twice).
+        family, type_, proto = _compat.raw_family(listener), _compat.raw_type(listener) | _SOCK_NONBLOCK, listener.proto
+        conns: list[tuple[socket.socket, Any]] = []
+        try:
+            for fd, addr in accepted:
+                conns.append((socket.socket(family, type_, proto, fileno=fd), addr))
+        finally:
+            for fd, _ in accepted[len(conns) :]:
+                os.close(fd)
+        return conns
+
+    def _new_connections(self, protocol_factory: Any, conns: list[tuple[socket.socket, Any]], server: Any) -> None:
+        for i, (conn, addr) in enumerate(conns):
+            try:
+                self._new_connection(protocol_factory, conn, addr, server)
+            except BaseException:
+                # SystemExit or KeyboardInterrupt from a protocol factory: asyncio has
+                # the rest of the batch in tasks of their own, which run when the loop
+                # runs again. So do these; the sockets own their fds meanwhile.
+                if i + 1 < len(conns):
+                    self.call_soon(self._new_connections, protocol_factory, conns[i + 1 :], server)
+                raise
 
     def _accept_failed(self, exc: OSError, args: tuple[Any, ...]) -> None:
         """asyncio's handling of a failed accept(): out of resources, pause and retry."""
-        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
             raise exc  # The event loop will catch, log and ignore it.
         sock = args[1]
         self.call_exception_handler(
             {
                 'message': 'socket.accept() out of system resource',
                 'exception': exc,
-                'socket': trsock.TransportSocket(sock),
+                'socket': _compat.TransportSocket(sock),
             }
         )
         self._remove_reader(sock.fileno())
-        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *args)
+        self.call_later(_compat.ACCEPT_RETRY_DELAY, self._start_serving, *args)
 
     def _new_connection(self, protocol_factory: Any, conn: socket.socket, addr: Any, server: Any) -> None:
         if self._debug:
@@ -264,7 +308,7 @@ class Loop(_oxloop.LoopCore, unix_events._UnixSelectorEventLoop):  # type: ignor
         # (the stdlib makes it in __init__; oxloop's own wake-ups use an eventfd).
         if self._ssock is None and not self.is_closed():
             self._make_self_pipe()
-        unix_events._UnixSelectorEventLoop.add_signal_handler(self, sig, callback, *args)
+        _compat.UnixSelectorEventLoop.add_signal_handler(self, sig, callback, *args)
 
 
 class _SelectorView:

@@ -18,6 +18,7 @@ __all__ = [
     'TimerHandle',
     'WritePipeTransport',
     '__version__',
+    '_compat_names',
     'build_profile',
 ]
 
@@ -247,3 +248,7 @@ class SockWaiter:
 
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
     def _done(self, _future: Any) -> None: ...
+
+def _compat_names() -> list[tuple[str, Any]]:
+    """Resolve every stdlib object and private name the extension uses (src/py.rs);
+    raise if one is missing on the running interpreter."""

@@ -36,6 +36,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::gil::GilRefCell;
 use crate::handles::{capture_source_traceback, Handle, TimerHandle};
+use crate::py;
 use crate::sockaddr::SockAddr;
 
 /// The poller token of the waker's eventfd (never a registry token: those carry a
@@ -173,7 +174,6 @@ impl LoopCore {
         method: &'static str,
         thread_check: bool,
     ) -> PyResult<Handle> {
-        let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
         let debug = this.debug();
@@ -181,9 +181,9 @@ impl LoopCore {
             if thread_check {
                 this.check_thread()?;
             }
-            slf.call_method1(pyo3::intern!(py, "_check_callback"), (callback, method))?;
+            slf.call_method1(py::names::CHECK_CALLBACK, (callback, method))?;
         } else if !callback.is_callable() {
-            slf.call_method1(pyo3::intern!(py, "_check_callback"), (callback, method))?;
+            slf.call_method1(py::names::CHECK_CALLBACK, (callback, method))?;
         }
         Self::handle_for(slf, callback, args, context)
     }
@@ -554,13 +554,10 @@ impl LoopCore {
             }
             return Ok(());
         }
-        if handle
-            .getattr(pyo3::intern!(py, "_cancelled"))?
-            .is_truthy()?
-        {
+        if handle.getattr(py::names::HANDLE_CANCELLED)?.is_truthy()? {
             return Ok(());
         }
-        let run = handle.getattr(pyo3::intern!(py, "_run"))?;
+        let run = handle.getattr(py::names::HANDLE_RUN)?;
         let wrapper = Bound::new(py, Self::handle_for(slf, &run, PyTuple::empty(py), None)?)?;
         slf.get().push_ready(py, wrapper.unbind());
         Ok(())
@@ -588,15 +585,16 @@ impl LoopCore {
     /// `_accept_connection` does with `sock.accept()`: returns the accepted
     /// `(fd, address)` pairs (non-blocking, close-on-exec) and the `OSError` that
     /// ended the batch, if any. The end of the queue (`EAGAIN`), `EINTR` and
-    /// `ECONNABORTED` end it quietly, with no exception raised and caught.
+    /// `ECONNABORTED` end it quietly, with no exception raised and caught. A
+    /// `backlog` of 0 or less accepts nothing, as asyncio's `range(backlog)`.
     fn _accept_many<'py>(
         &self,
         py: Python<'py>,
         fd: RawFd,
-        backlog: usize,
+        backlog: i64,
     ) -> PyResult<AcceptBatch<'py>> {
         let mut accepted = Vec::new();
-        for _ in 0..backlog {
+        for _ in 0..backlog.max(0) {
             let mut addr = SockAddr::empty();
             let (ptr, len) = addr.as_mut_parts();
             // SAFETY: `ptr`/`len` describe `addr`'s storage, valid for the call.

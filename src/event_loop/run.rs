@@ -189,7 +189,7 @@ impl LoopCore {
             || (py.None(), py.None()),
             |cb| (cb.callback, cb.args.into_any()),
         );
-        let source = py::format_callback_source(py)?.call1((callback, args))?;
+        let source = py::callback_source(py, callback, args, slf.get().debug())?;
         let context = PyDict::new(py);
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.into_value(py))?;

@@ -21,6 +21,7 @@ use crate::errors::os_error;
 use crate::ffi::ReadCall;
 use crate::gil::{GilCell, GilRefCell};
 use crate::handles::Handle;
+use crate::py;
 
 /// Which `sock_*` method, parsed once from the name the Python side passes.
 #[derive(Clone, Copy)]
@@ -324,7 +325,9 @@ impl LoopCore {
     fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let transports = slf.getattr(pyo3::intern!(slf.py(), "_transports"))?;
         let Ok(data) = transports.getattr("data") else {
-            return slf.call_method1("_ensure_fd_no_transport", (fd,)).map(drop);
+            return slf
+                .call_method1(py::names::ENSURE_FD_NO_TRANSPORT, (fd,))
+                .map(drop);
         };
         let Some(weak) = data.cast::<PyDict>()?.get_item(fd)? else {
             return Ok(());

@@ -1,7 +1,8 @@
 //! `create_future` and `create_task`, with the stdlib's C `Future`/`Task`.
 //!
-//! Mirrors `BaseEventLoop.create_future`/`create_task` (CPython 3.11
-//! `base_events.py`); done in Rust only to skip a Python frame on these hot calls.
+//! Mirrors `BaseEventLoop.create_future`/`create_task` (`base_events.py` of the
+//! running CPython; how a factory's task is named differs by version, see
+//! `py::set_task_name`); done in Rust only to skip a Python frame on these hot calls.
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -40,7 +41,7 @@ impl LoopCore {
             let task = py::task_type(py)?.call((coro,), Some(&kwargs))?;
             if slf.get().debug() {
                 // CPython: drop create_task's own frame from the traceback.
-                let tb = task.getattr(pyo3::intern!(py, "_source_traceback"))?;
+                let tb = task.getattr(py::names::SOURCE_TRACEBACK)?;
                 if tb.is_truthy()? {
                     tb.del_item(-1)?;
                 }
@@ -56,7 +57,7 @@ impl LoopCore {
                 factory.call((slf, coro), Some(&kwargs))?
             }
         };
-        py::set_task_name(py)?.call1((&task, name))?;
+        py::set_task_name(&task, name)?;
         Ok(task)
     }
 }

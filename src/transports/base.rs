@@ -305,7 +305,7 @@ impl Transport {
             .as_ref()
             .map(|s| s.clone_ref(py));
         if let Some(server) = server {
-            server.bind(py).call_method0("_attach")?;
+            py::server_attach(server.bind(py), slf)?;
         }
         if !this.kind.is_pipe() {
             event_loop.getattr("_transports")?.set_item(this.fd, slf)?;
@@ -1092,7 +1092,7 @@ impl Transport {
         drop(this.event_loop.replace(py, None));
         drop(this.read_ready.replace(py, None));
         drop(this.write_ready.replace(py, None));
-        let detached = server.map_or(Ok(()), |s| s.bind(py).call_method0("_detach").map(drop));
+        let detached = server.map_or(Ok(()), |s| py::server_detach(s.bind(py), slf));
         result.and(closed).and(detached)
     }
 
@@ -1229,7 +1229,7 @@ impl Drop for Transport {
             if let Err(err) = warned {
                 err.write_unraisable(py, None);
             }
-            if let Err(err) = sock.bind(py).call_method0("close") {
+            if let Err(err) = py::close_socket(sock.bind(py)) {
                 err.write_unraisable(py, None);
             }
         });

@@ -398,8 +398,9 @@ impl DatagramTransport {
             return Err(Transport::not_bytes_like(data));
         }
         // asyncio: `if not data: return` (a memoryview's len counts elements of its
-        // first dimension; the buffer below is accounted in bytes).
-        if !data.is_truthy()? {
+        // first dimension; the buffer below is accounted in bytes); 3.13 sends
+        // empty datagrams.
+        if !data.is_truthy()? && !py::sends_empty_datagrams(py) {
             return Ok(());
         }
         let address = this

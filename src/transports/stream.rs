@@ -330,6 +330,20 @@ impl StreamTransport {
     /// data (a `write` replaced on the instance is the one called).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
+        if py::own_writelines(py) {
+            // CPython 3.12+: its own checks first, before the items are looked at.
+            let st = slf.as_super().get().state.borrow_mut(py);
+            if st.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call writelines() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to writelines; sendfile is in progress",
+                ));
+            }
+        }
         let joined = PyBytes::new(py, b"").call_method1("join", (list_of_data,))?;
         if let Some(write) = Transport::instance_override(slf.as_any(), "write")? {
             return write.call1((joined,)).map(drop);

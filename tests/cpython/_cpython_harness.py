@@ -243,7 +243,8 @@ EXPLICIT_LEFT_OUT: dict[str, str] = {
 
 _DETECT: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r'\bnew_test_loop\(|\bTestLoop\('), R_TESTLOOP),
-    (re.compile(r'SelectorEventLoop\(|ProactorEventLoop\('), R_SELECTOR),
+    # asyncio.EventLoop: 3.13's name for the platform's stdlib loop class.
+    (re.compile(r'SelectorEventLoop\(|ProactorEventLoop\(|\basyncio\.EventLoop\b'), R_SELECTOR),
     (re.compile(r'\bBaseEventLoop\(\)|\(base_events\.BaseEventLoop\)'), R_BASELOOP),
     (re.compile(r'\bloop = mock\.(Magic)?Mock\('), R_MOCKLOOP),
     (re.compile(r'\bDefaultEventLoopPolicy\b'), R_STDPOLICY),

@@ -156,6 +156,10 @@ def _target_policy(request: pytest.FixtureRequest):
     request.node.stash[_THREADS_KEY] = set(threading.enumerate())
     saved = harness.snapshot_globals()
     asyncio.set_event_loop_policy(harness.TargetPolicy())
+    # As under regrtest, where an earlier test's tearDown (test_utils.TestCase) has
+    # called set_event_loop(None): get_event_loop() then raises instead of making a
+    # loop with a DeprecationWarning (3.12's test_create_subprocess_with_pidfd checks).
+    asyncio.set_event_loop(None)
     faulthandler.dump_traceback_later(TEST_TIMEOUT + HARD_TIMEOUT_GRACE, exit=True)
     try:
         yield
