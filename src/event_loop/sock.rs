@@ -13,7 +13,7 @@ use pyo3::exceptions::{
     PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::{Direction, LoopCore};
@@ -83,8 +83,8 @@ impl SockWaiter {
         // detached since the wait began: its fd is -1, and `sock.recv` gives the
         // socket module's EBADF, as asyncio's retry would).
         if method == "recv"
-            && crate::transports::is_exact_socket(sock)?
-            && crate::transports::socket_fd_now(sock) == self.fd
+            && crate::py::is_exact_socket(sock)?
+            && crate::py::socket_fd_now(sock) == self.fd
         {
             if let Some(size) = fast_recv_size(&arg) {
                 return recv_now(sock, self.fd, size);
@@ -276,7 +276,7 @@ impl LoopCore {
         // calls them, and is asked for fileno() only once that first try would
         // block, as asyncio asks. `fd` is read from the socket under this GIL
         // hold: owned.
-        let fast_fd: Option<RawFd> = if crate::transports::is_exact_socket(sock)? {
+        let fast_fd: Option<RawFd> = if crate::py::is_exact_socket(sock)? {
             Some(sock.call_method0("fileno")?.extract()?)
         } else {
             None
@@ -324,12 +324,12 @@ impl LoopCore {
     /// `WeakValueDictionary`'s own dict (no `KeyError` raised and caught).
     fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let transports = slf.getattr(pyo3::intern!(slf.py(), "_transports"))?;
-        let Ok(data) = transports.getattr("data") else {
+        let Some(data) = py::weak_value_dict_data(&transports) else {
             return slf
                 .call_method1(py::names::ENSURE_FD_NO_TRANSPORT, (fd,))
                 .map(drop);
         };
-        let Some(weak) = data.cast::<PyDict>()?.get_item(fd)? else {
+        let Some(weak) = data.get_item(fd)? else {
             return Ok(());
         };
         let transport = weak.call0()?;

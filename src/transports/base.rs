@@ -373,7 +373,7 @@ impl Transport {
             return self.sock.is_some(py).then_some(self.fd);
         }
         let sock = self.sock.clone_ref(py)?;
-        (super::socket_fd_now(sock.bind(py)) == self.fd).then_some(self.fd)
+        (crate::py::socket_fd_now(sock.bind(py)) == self.fd).then_some(self.fd)
     }
 
     /// What asyncio gets where it would call `self._sock.<method>(...)` on a

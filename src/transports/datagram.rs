@@ -295,7 +295,7 @@ impl DatagramTransport {
         extra: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
-        if !super::is_exact_socket(sock)? {
+        if !crate::py::is_exact_socket(sock)? {
             // A subclass or duck type: asyncio's own transport, which calls its
             // `recvfrom`/`send`/`sendto` (see `StreamTransport::_create`).
             return py::selector_datagram_transport(py)?

@@ -137,7 +137,7 @@ impl StreamTransport {
         server: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
-        if !super::is_exact_socket(sock)? {
+        if !crate::py::is_exact_socket(sock)? {
             // A subclass or duck type: asyncio's own transport, which calls the
             // object's `recv`/`send`/`recv_into`/`sendmsg`/`shutdown` (a TLS
             // wrapper or a test double must see every byte). A native transport
