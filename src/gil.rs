@@ -3,8 +3,9 @@
 //! The loop's state is touched from the loop thread and, for
 //! `call_soon_threadsafe`, from other threads — always with the GIL held. These
 //! cells make that rule the type's contract: every accessor takes a `Python<'_>`
-//! token. The module does not declare `gil_used = false`, so on a free-threaded
-//! build CPython re-enables the GIL when it imports us and the rule still holds.
+//! token. The module declares `gil_used = true` (`lib.rs`), so a free-threaded
+//! build turns the GIL back on when it imports us and the rule still holds;
+//! `python/oxloop/__init__.py` refuses to import when `PYTHON_GIL=0` keeps it off.
 //!
 //! Ownership rule for the whole crate: **never hold a borrow across a call into
 //! Python** (including dropping a `Py`, which can run `__del__`): user code may

@@ -178,6 +178,24 @@ pub fn server_detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) ->
     Ok(())
 }
 
+/// What 3.13's `_SelectorTransport.__del__` does for an unclosed transport that is
+/// collected: `server._detach(self)`. A native transport being freed cannot be
+/// passed to Python, and the server's `_clients` `WeakSet` has dropped it already
+/// (weak references are cleared first), so this does the rest of `_detach`: wake
+/// `wait_closed()` when it was the last client of a closed server. Earlier
+/// versions do not detach a collected transport.
+pub fn server_detach_collected(server: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = server.py();
+    if !py313(py) {
+        return Ok(());
+    }
+    let clients = server.getattr(pyo3::intern!(py, "_clients"))?;
+    if clients.len()? == 0 && server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
+        server.call_method0(pyo3::intern!(py, "_wakeup"))?;
+    }
+    Ok(())
+}
+
 /// Names a task made by a task factory, as that version's `create_task` does:
 /// CPython 3.13 calls `task.set_name(name)` whatever the name (even `None`);
 /// 3.11 and 3.12 (`tasks._set_task_name`) only when a name is given, and warn

@@ -12,6 +12,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from . import _compat
+
+if not _compat.gil_enabled():
+    # The extension declares gil_used: a free-threaded CPython turns the GIL back on
+    # when it imports it, unless PYTHON_GIL=0 / -X gil=0 forces it off. The loop's
+    # state is guarded by the GIL, so running without it would be unsound.
+    raise ImportError('oxloop needs the GIL: unset PYTHON_GIL=0 (or -X gil=0) to use it on a free-threaded build')
+
 from ._loop import Loop
 from ._oxloop import __version__, build_profile
 

@@ -16,6 +16,10 @@ from typing import Any
 PY312 = sys.version_info >= (3, 12)
 PY313 = sys.version_info >= (3, 13)
 
+#: 3.12+: making a socket or datagram transport checks that no open transport has
+#: the socket's fd already (``_ensure_fd_no_transport``).
+ENSURE_FD_NO_TRANSPORT = PY312
+
 # ----- classes, functions and constants -----------------------------------------------
 
 #: The stdlib's Unix selector loop: ``Loop``'s second base (its cold paths).
@@ -30,6 +34,12 @@ ACCEPT_RETRY_DELAY = constants.ACCEPT_RETRY_DELAY
 # The C socket type's own getters (ints), under socket.socket's enum-converting properties.
 raw_family = _socket.socket.family.__get__
 raw_type = _socket.socket.type.__get__
+
+
+def gil_enabled() -> bool:
+    """Whether the GIL is on: always before 3.13; ``sys._is_gil_enabled()`` after."""
+    probe = getattr(sys, '_is_gil_enabled', None)
+    return True if probe is None else bool(probe())
 
 
 def is_debug_mode() -> bool:

@@ -141,12 +141,17 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
     ) -> Any:
         # The native stream transport (TCP and Unix); TLS keeps the stdlib's
-        # SSLProtocol on top of it or of the stdlib's transport.
+        # SSLProtocol on top of it or of the stdlib's transport. A server's accepted
+        # connection has a brand-new fd: only the others are checked (3.12+).
+        if _compat.ENSURE_FD_NO_TRANSPORT and server is None:
+            self._ensure_fd_no_transport(sock)
         return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None
     ) -> Any:
+        if _compat.ENSURE_FD_NO_TRANSPORT:
+            self._ensure_fd_no_transport(sock)
         return _oxloop.DatagramTransport._create(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None, extra: Any = None) -> Any:

@@ -895,6 +895,14 @@ impl Transport {
         Self::force_close(slf, None)
     }
 
+    /// asyncio's `_force_close(exc)`: the stdlib's TLS layer (`sslproto`) calls it on
+    /// the transport under it on a fatal error or a handshake/shutdown timeout.
+    #[pyo3(name = "_force_close")]
+    fn force_close_method(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let exc = exc.filter(|e| !e.is_none(slf.py()));
+        Self::force_close(slf, exc)
+    }
+
     pub(super) fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.borrow_mut(py).closing
     }
@@ -1194,9 +1202,10 @@ impl Transport {
         );
         let state = {
             let mut st = self.state.borrow_mut(py);
+            // The server stays for the drop, which detaches from it (3.13): it
+            // holds its clients weakly, so it cannot keep a cycle alive.
             (
                 st.protocol.take(),
-                st.server.take(),
                 st.empty_waiter.take(),
                 st.address.take(),
                 st.marks.take(),
@@ -1231,6 +1240,12 @@ impl Drop for Transport {
             }
             if let Err(err) = py::close_socket(sock.bind(py)) {
                 err.write_unraisable(py, None);
+            }
+            let server = self.state.borrow_mut(py).server.take();
+            if let Some(server) = server {
+                if let Err(err) = py::server_detach_collected(server.bind(py)) {
+                    err.write_unraisable(py, None);
+                }
             }
         });
     }

@@ -1,0 +1,155 @@
+"""Where the stdlib's own code meets oxloop's native objects, on every version.
+
+The stdlib's TLS layer, server bookkeeping and transport factories call private
+methods of the transports and loops under them; each test runs a scenario on the
+loop under test and, where the stdlib's answer depends on the version, on a fresh
+stdlib loop too, and compares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+import ssl
+
+import pytest
+from conftest import new_loop
+
+
+def _client_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _start_tls_against(peer_answer: bytes | None, timeout: float) -> tuple[str, bool]:
+    """start_tls() over a TCP connection whose peer is not a TLS server: it answers
+    ``peer_answer`` in the clear, or nothing. Returns the exception's type name and
+    whether the underlying transport ended up closed."""
+    loop = asyncio.get_running_loop()
+    served: list[asyncio.Transport] = []
+
+    class Peer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            served.append(transport)  # type: ignore[arg-type]
+
+        def data_received(self, data: bytes) -> None:
+            if peer_answer is not None:
+                served[0].write(peer_answer)
+
+    server = await loop.create_server(Peer, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, protocol = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port)
+    try:
+        await asyncio.wait_for(
+            loop.start_tls(
+                transport, protocol, _client_context(), server_hostname='localhost', ssl_handshake_timeout=timeout
+            ),
+            10,
+        )
+    except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+        outcome = type(exc).__name__
+    else:
+        outcome = 'no error'
+    for _ in range(5):
+        await asyncio.sleep(0)
+    closed = transport.is_closing()
+    transport.close()
+    for t in served:
+        t.close()
+    server.close()
+    await server.wait_closed()
+    return outcome, closed
+
+
+@pytest.mark.parametrize(
+    ('peer_answer', 'timeout'), [(b'HTTP/1.1 400 Bad Request\r\n\r\n', 5.0), (None, 0.3)], ids=['plaintext', 'silent']
+)
+def test_start_tls_failure_closes_the_transport(loop, peer_answer, timeout) -> None:
+    # sslproto calls transport._force_close(exc) on a fatal TLS error and on a
+    # handshake timeout: the native transport under it must have it.
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    outcome, closed = loop.run_until_complete(_start_tls_against(peer_answer, timeout))
+    reference = new_loop('asyncio')
+    try:
+        reference.set_exception_handler(lambda lp, ctx: None)
+        expected = reference.run_until_complete(_start_tls_against(peer_answer, timeout))
+    finally:
+        reference.close()
+    assert (outcome, closed) == expected
+    assert outcome != 'no error'
+    assert not [e for e in errors if isinstance(e.get('exception'), AttributeError)]
+
+
+async def _second_transport_on_one_socket() -> str:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    try:
+        first, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        try:
+            second, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        except RuntimeError as exc:
+            assert str(exc).startswith('File descriptor ')
+            return 'RuntimeError: ' + str(exc).split(' is used by transport ')[0].split(' ')[0]
+        second.close()
+        return 'second transport made'
+    finally:
+        first.close()
+        await asyncio.sleep(0)
+        b.close()
+
+
+def test_second_transport_on_one_socket_as_the_stdlib(loop) -> None:
+    # 3.12+ checks _ensure_fd_no_transport when it makes a transport; 3.11 does not.
+    got = loop.run_until_complete(_second_transport_on_one_socket())
+    reference = new_loop('asyncio')
+    try:
+        expected = reference.run_until_complete(_second_transport_on_one_socket())
+    finally:
+        reference.close()
+    assert got == expected
+
+
+async def _wait_closed_after_a_leaked_client() -> str:
+    loop = asyncio.get_running_loop()
+    accepted: list[asyncio.Transport] = []
+
+    class Leaky(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Leaky, '127.0.0.1', 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    try:
+        for _ in range(100):
+            if accepted:
+                break
+            await asyncio.sleep(0.01)
+        # Unregistered from the selector, then forgotten unclosed: collectable.
+        accepted[0].pause_reading()
+        accepted.clear()
+        server.close()
+        with pytest.warns(ResourceWarning):
+            gc.collect()
+        await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+        except TimeoutError:
+            return 'wait_closed hangs'
+        return 'wait_closed returns'
+    finally:
+        client.close()
+
+
+def test_wait_closed_after_a_leaked_client_as_the_stdlib(loop) -> None:
+    # 3.13's transport __del__ detaches from the server and wakes wait_closed().
+    got = loop.run_until_complete(_wait_closed_after_a_leaked_client())
+    reference = new_loop('asyncio')
+    try:
+        expected = reference.run_until_complete(_wait_closed_after_a_leaked_client())
+    finally:
+        reference.close()
+    assert got == expected
