@@ -12,6 +12,7 @@ import asyncio
 import gc
 import socket
 import ssl
+import sys
 
 import pytest
 from conftest import new_loop
@@ -153,3 +154,32 @@ def test_wait_closed_after_a_leaked_client_as_the_stdlib(loop) -> None:
     finally:
         reference.close()
     assert got == expected
+
+
+def test_divergence_datagram_buffer_size_counts_payload_only(loop, loop_impl, tmp_dir) -> None:
+    # CPython 3.13 counts len(data) + 8 per buffered datagram and takes off only
+    # len(data) once sent; oxloop counts the payload both ways, as 3.11/3.12 do.
+    from test_adv_transports import Recorder, dgram_pair, drain, fill, run
+
+    header = 8 if loop_impl == 'asyncio' and sys.version_info >= (3, 13) else 0
+    a, b = dgram_pair(tmp_dir)
+    fill(a)
+
+    async def main():
+        pr = Recorder()
+        tr, _ = await loop.create_datagram_endpoint(lambda: pr, sock=a)
+        for _ in range(3):
+            tr.sendto(b'x' * 100)
+        size = tr.get_write_buffer_size()
+        for _ in range(1000):
+            if tr.get_write_buffer_size() <= 3 * header:
+                break
+            drain(b)
+            await asyncio.sleep(0.001)
+        after = tr.get_write_buffer_size()
+        tr.close()
+        return size, after
+
+    size, after = run(loop, main())
+    b.close()
+    assert (size, after) == (3 * (100 + header), 3 * header)
