@@ -18,6 +18,18 @@ import pytest
 from conftest import new_loop
 
 
+def _here_and_on_the_stdlib(loop, scenario, *args):
+    """``scenario(*args)`` run on ``loop`` and on a fresh stdlib loop: (got, expected)."""
+    got = loop.run_until_complete(scenario(*args))
+    reference = new_loop('asyncio')
+    try:
+        reference.set_exception_handler(lambda lp, ctx: None)
+        expected = reference.run_until_complete(scenario(*args))
+    finally:
+        reference.close()
+    return got, expected
+
+
 def _client_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -73,15 +85,9 @@ def test_start_tls_failure_closes_the_transport(loop, peer_answer, timeout) -> N
     # handshake timeout: the native transport under it must have it.
     errors: list[dict] = []
     loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
-    outcome, closed = loop.run_until_complete(_start_tls_against(peer_answer, timeout))
-    reference = new_loop('asyncio')
-    try:
-        reference.set_exception_handler(lambda lp, ctx: None)
-        expected = reference.run_until_complete(_start_tls_against(peer_answer, timeout))
-    finally:
-        reference.close()
-    assert (outcome, closed) == expected
-    assert outcome != 'no error'
+    got, expected = _here_and_on_the_stdlib(loop, _start_tls_against, peer_answer, timeout)
+    assert got == expected
+    assert got[0] != 'no error'
     assert not [e for e in errors if isinstance(e.get('exception'), AttributeError)]
 
 
@@ -105,12 +111,7 @@ async def _second_transport_on_one_socket() -> str:
 
 def test_second_transport_on_one_socket_as_the_stdlib(loop) -> None:
     # 3.12+ checks _ensure_fd_no_transport when it makes a transport; 3.11 does not.
-    got = loop.run_until_complete(_second_transport_on_one_socket())
-    reference = new_loop('asyncio')
-    try:
-        expected = reference.run_until_complete(_second_transport_on_one_socket())
-    finally:
-        reference.close()
+    got, expected = _here_and_on_the_stdlib(loop, _second_transport_on_one_socket)
     assert got == expected
 
 
@@ -147,12 +148,7 @@ async def _wait_closed_after_a_leaked_client() -> str:
 
 def test_wait_closed_after_a_leaked_client_as_the_stdlib(loop) -> None:
     # 3.13's transport __del__ detaches from the server and wakes wait_closed().
-    got = loop.run_until_complete(_wait_closed_after_a_leaked_client())
-    reference = new_loop('asyncio')
-    try:
-        expected = reference.run_until_complete(_wait_closed_after_a_leaked_client())
-    finally:
-        reference.close()
+    got, expected = _here_and_on_the_stdlib(loop, _wait_closed_after_a_leaked_client)
     assert got == expected
 
 
