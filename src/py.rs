@@ -114,6 +114,18 @@ pub fn callback_source<'py>(
     }
 }
 
+/// CPython 3.13+: `select.epoll` warns when it is handed a bool as an fd (selectors
+/// passes `True`/`False` through as the ints they are); `add`/`remove` call this
+/// where the stdlib's selector would reach the kernel with `fileobj`.
+pub fn warn_bool_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = fileobj.py();
+    if py313(py) && fileobj.is_instance_of::<pyo3::types::PyBool>() {
+        let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+        PyErr::warn(py, &category, c"bool is used as a file descriptor", 1)?;
+    }
+    Ok(())
+}
+
 /// CPython 3.13+: `sendto(b'')` sends an empty datagram (earlier versions drop it).
 pub fn sends_empty_datagrams(py: Python<'_>) -> bool {
     py313(py)

@@ -312,6 +312,10 @@ impl LoopCore {
         // CPython: _check_closed() comes before the file object is looked at.
         this.check_closed()?;
         let fd = this.lookup_fd(fileobj)?.for_kernel()?;
+        // The selector reaches the kernel unless the callback only replaces another.
+        if !this.is_watching(slf.py(), fd, direction) {
+            crate::py::warn_bool_fd(fileobj)?;
+        }
         let keep = (!fileobj.is_instance_of::<PyInt>()).then_some(fileobj);
         Self::watch(slf, fd, keep, callback, args, direction)
     }
@@ -328,7 +332,13 @@ impl LoopCore {
             return Ok(false);
         }
         match this.lookup_fd(fileobj)? {
-            FdArg::Fd(fd) => Self::remove_fd_callback(slf, fd, direction),
+            FdArg::Fd(fd) => {
+                // The selector reaches the kernel when the interest changes.
+                if this.is_watching(slf.py(), fd, direction) {
+                    crate::py::warn_bool_fd(fileobj)?;
+                }
+                Self::remove_fd_callback(slf, fd, direction)
+            }
             FdArg::TooBig => Ok(false),
         }
     }

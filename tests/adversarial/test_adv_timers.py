@@ -12,13 +12,13 @@ import asyncio
 import contextvars
 import gc
 import math
-import sys
 import threading
 import time
 from decimal import Decimal
 from fractions import Fraction
 from unittest import mock
 
+import oxloop
 import pytest
 from conftest import new_loop
 from hypothesis import HealthCheck, given, settings
@@ -157,37 +157,64 @@ def test_divergence_call_at_non_number_refused_at_call_time(loop, loop_impl, val
         loop._scheduled.clear()
 
 
+def _wait_for_nan(loop: asyncio.AbstractEventLoop) -> None:
+    # The NaN timeout is the only deadline while the loop idles: firing it times out.
+    with pytest.raises(TimeoutError):
+        loop.run_until_complete(asyncio.wait_for(asyncio.sleep(10), NAN))
+
+
+def _call_later_nan(loop: asyncio.AbstractEventLoop) -> None:
+    loop.call_later(NAN, loop.stop)
+    # A bound if the NaN never fired; scheduled after it, as a NaN compares false
+    # both ways and would stay behind it in the stdlib's heap.
+    watchdog = loop.call_later(5, loop.stop)
+    try:
+        loop.run_forever()
+    finally:
+        watchdog.cancel()
+
+
 @pytest.mark.parametrize(
     'schedule',
     [
         lambda loop: loop.run_until_complete(asyncio.sleep(NAN)),
         lambda loop: loop.run_until_complete(asyncio.sleep(INF - INF)),
+        _wait_for_nan,
         lambda loop: loop.run_until_complete(asyncio.wait_for(asyncio.sleep(0), NAN)),
+        _call_later_nan,
     ],
-    ids=['sleep-nan', 'sleep-inf-minus-inf', 'wait_for-nan'],
+    ids=['sleep-nan', 'sleep-inf-minus-inf', 'wait_for-nan', 'wait_for-nan-done-first', 'call_later-nan'],
 )
 def test_divergence_nan_deadline_fires_at_once(loop, loop_impl, schedule):
-    # asyncio 3.11/3.12 fire a NaN timer at once (max(0, nan) is 0); 3.13's _run_once
-    # computes the timeout without max() and raises ValueError from select(), leaving
-    # the timer in the heap for ever. oxloop fires it at once on every version.
+    # asyncio 3.11/3.12 fire a NaN timer at once (max(0, nan) is 0). 3.13's _run_once
+    # computes the timeout without max(), so an idle iteration with a NaN at the head
+    # of the heap raises ValueError from select() and leaves the timer there for ever;
+    # oxloop fires it at once on every version. 3.13's asyncio.sleep() refuses a NaN
+    # itself (ValueError, nothing scheduled), on any loop, and oxloop's is the same.
     reference = asyncio.new_event_loop()
     try:
         try:
             schedule(reference)
-            stdlib_fires = True
-        except ValueError:
-            stdlib_fires = False
+            stdlib = 'fires'
+        except ValueError as exc:
+            # A refusal schedules nothing; a stuck iteration leaves the timer behind.
+            stdlib = 'stuck' if reference._scheduled else ('refused', str(exc))
     finally:
         reference._scheduled.clear()
         reference.close()
-    assert stdlib_fires == (sys.version_info < (3, 13))
-    if loop_impl == 'asyncio' and not stdlib_fires:
+    if stdlib != 'fires' and stdlib != 'stuck':
+        with pytest.raises(ValueError) as info:
+            schedule(loop)
+        assert ('refused', str(info.value)) == stdlib
+        assert len(loop._scheduled) == 0
+        return
+    if loop_impl == 'asyncio' and stdlib == 'stuck':
         return
     start = time.monotonic()
     schedule(loop)
     assert time.monotonic() - start < 1
-    assert len(loop._scheduled) == 0
     loop.run_until_complete(asyncio.sleep(0.001))  # and the loop still works
+    assert len(loop._scheduled) == 0
 
 
 def test_adv_timers_nan_does_not_corrupt_later_order(loop, loop_impl):
@@ -538,12 +565,56 @@ def test_adv_timers_reentrant_run_and_close_inside_a_callback(loop):
             out.append(lp.is_closed())
 
         lp.call_soon(cb)
-        _brief(lp)
-        out.append(_result(lambda: lp.run_until_complete(asyncio.sleep(0))))
+        out.append(_result(lambda: _brief(lp)))
+        coro = asyncio.sleep(0)
+        out.append(_result(lambda: lp.run_until_complete(coro)))
+        coro.close()
         return out
 
+    # Every refusal leaves the running loop as it was: what oxloop does on every
+    # version (docs/divergences.md), and the stdlib's loop but on 3.13.0.
+    refused = [
+        (RuntimeError, 'This event loop is already running'),
+        (RuntimeError, 'This event loop is already running'),
+        (RuntimeError, 'Cannot close a running event loop'),
+        False,
+        ('ok', None),
+        ('ok', None),
+    ]
+    # CPython 3.13.0's refusing run_forever clears the running loop (gh-130145):
+    # run_until_complete then runs the loop nested, close() closes it under the
+    # outer run, whose iteration fails on the emptied ready queue.
+    stdlib_bug = [
+        (RuntimeError, 'This event loop is already running'),
+        (RuntimeError, 'Event loop stopped before Future completed.'),
+        ('ok', None),
+        True,
+        (IndexError, 'pop from an empty deque'),
+        (RuntimeError, 'Event loop is closed'),
+    ]
     ours, theirs = _both(loop, scenario)
-    assert ours == theirs
+    assert theirs == (stdlib_bug if _stdlib_refusal_clears_running_loop() else refused)
+    assert ours == (refused if isinstance(loop, oxloop.Loop) else theirs)
+
+
+def _stdlib_refusal_clears_running_loop() -> bool:
+    """Whether the stdlib's run_forever, refusing to run (already running), clears
+    the thread's running loop (CPython 3.13.0, gh-130145)."""
+    lp = asyncio.new_event_loop()
+    seen = []
+
+    def cb():
+        with pytest.raises(RuntimeError):
+            lp.run_forever()
+        seen.append(asyncio.events._get_running_loop())
+        lp.stop()
+
+    try:
+        lp.call_soon(cb)
+        lp.run_forever()
+    finally:
+        lp.close()
+    return seen[0] is None
 
 
 @pytest.mark.parametrize('exc', [KeyboardInterrupt, SystemExit], ids=lambda e: e.__name__)
