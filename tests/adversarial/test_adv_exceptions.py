@@ -339,21 +339,9 @@ def _record(impl: str, position: str, exc_name: str) -> dict:
     return out
 
 
-# Known differences in other areas, reported there (strict: they must be removed with
-# the fix).
-KNOWN = {
-    # A transport left open with buffered data is freed in a cycle with its socket:
-    # its Rust Drop calls socket.close() after the GC cleared the socket's slots
-    # (AttributeError: _io_refs, unraisable); asyncio's __del__ runs before tp_clear.
-    'pause_writing': 'transport dealloc closes a socket already cleared by the GC',
-}
-
-
 @pytest.mark.parametrize('exc_name', sorted(EXCEPTIONS))
 @pytest.mark.parametrize('position', sorted(POSITIONS))
-def test_exception_from_callback_position(loop_impl, position, exc_name, request):
-    if loop_impl == 'oxloop' and position in KNOWN:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN[position]))
+def test_exception_from_callback_position(loop_impl, position, exc_name):
     expected = record('asyncio', position, exc_name)
     assert expected['fired'], 'the scenario never reached the position'
     assert record(loop_impl, position, exc_name) == expected
