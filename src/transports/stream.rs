@@ -13,7 +13,7 @@
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
 use super::base::{is_exit, is_retry, Kind, Transport};
 use super::MAX_SIZE;
@@ -327,22 +327,37 @@ impl StreamTransport {
     // ----- the rest of the stream API ---------------------------------------------
 
     /// CPython 3.11: `WriteTransport.writelines`, one `self.write()` of the joined
-    /// data (a `write` replaced on the instance is the one called).
+    /// data (a `write` replaced on the instance is the one called). CPython 3.12+:
+    /// `_SelectorSocketTransport.writelines`, which never calls `self.write`.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if py::own_writelines(py) {
-            // CPython 3.12+: its own checks first, before the items are looked at.
-            let st = slf.as_super().get().state.borrow_mut(py);
-            if st.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call writelines() after write_eof()",
-                ));
+            // Its own checks first, before the items are looked at.
+            {
+                let st = slf.as_super().get().state.borrow_mut(py);
+                if st.eof {
+                    return Err(PyRuntimeError::new_err(
+                        "Cannot call writelines() after write_eof()",
+                    ));
+                }
+                if st.empty_waiter.is_some() {
+                    return Err(PyRuntimeError::new_err(
+                        "unable to writelines; sendfile is in progress",
+                    ));
+                }
             }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to writelines; sendfile is in progress",
-                ));
+            // `if not list_of_data: return` (so `writelines(None)` is a no-op), then
+            // `[memoryview(data) for data in list_of_data]`: its TypeError comes
+            // before anything is buffered. (Runs user code: no state borrowed.)
+            if !list_of_data.is_truthy()? {
+                return Ok(());
             }
+            let views = PyList::empty(py);
+            for item in list_of_data.try_iter()? {
+                views.append(PyMemoryView::from(&item?)?)?;
+            }
+            let joined = PyBytes::new(py, b"").call_method1("join", (views,))?;
+            return Self::write(slf, &joined);
         }
         let joined = PyBytes::new(py, b"").call_method1("join", (list_of_data,))?;
         if let Some(write) = Transport::instance_override(slf.as_any(), "write")? {

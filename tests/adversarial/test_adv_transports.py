@@ -254,7 +254,10 @@ def drain(sock: socket.socket) -> int:
     n = 0
     with contextlib.suppress(BlockingIOError):
         while True:
-            n += len(sock.recv(1 << 20))
+            got = len(sock.recv(1 << 20))
+            if not got and sock.type == socket.SOCK_STREAM:
+                break  # end of stream: the other end is closed (a fatal write error)
+            n += got
     return n
 
 
@@ -497,25 +500,49 @@ def test_set_write_buffer_limits_as_asyncio(loop_impl, kind, high, low):
     assert on_impl(loop_impl, scenario) == on_stdlib(scenario)
 
 
-def test_exotic_water_marks_compare_as_python_numbers(loop, tmp_dir):
-    a, b = dgram_pair(tmp_dir)
+@pytest.mark.parametrize('kind', ['stream', 'dgram'])
+def test_exotic_water_marks_compare_as_python_numbers(loop, loop_impl, tmp_dir, kind):
+    if kind == 'dgram':
+        a, b = dgram_pair(tmp_dir)
+    else:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
     fill(a)
+    high, low = Fraction(199, 2), Decimal('10.5')
 
     async def main():
         pr = Recorder()
-        tr, _ = await loop.create_datagram_endpoint(lambda: pr, sock=a)
-        tr.set_write_buffer_limits(high=Fraction(199, 2), low=Decimal('10.5'))
-        tr.sendto(b'x' * 99)
-        before = list(pr.calls)  # 99 <= 99.5
-        tr.sendto(b'x')
-        after = list(pr.calls)  # 100 > 99.5
-        while tr.get_write_buffer_size():
+        if kind == 'dgram':
+            tr, _ = await loop.create_datagram_endpoint(lambda: pr, sock=a)
+            send = tr.sendto
+        else:
+            tr, _ = await loop.create_connection(lambda: pr, sock=a)
+            send = tr.write
+        tr.set_write_buffer_limits(high=high, low=low)
+        send(b'x' * 99)
+        # CPython 3.13.0 counts 8 header bytes per buffered datagram (and never
+        # takes them off): 0 on every other version, on streams and on oxloop.
+        header = tr.get_write_buffer_size() - 99
+        before = list(pr.calls)
+        send(b'x')
+        after = list(pr.calls)
+        for _ in range(1000):
+            if tr.get_write_buffer_size() <= 2 * header:
+                break
             drain(b)
             await asyncio.sleep(0.001)
+        left = tr.get_write_buffer_size()
         tr.close()
-        return before, after, pr.calls
+        return header, left, before, after, pr.calls
 
-    assert run(loop, main()) == ([], ['pause'], ['pause', 'resume'])
+    header, left, before, after, calls = run(loop, main())
+    if loop_impl == 'oxloop' or kind == 'stream':
+        assert (header, left) == (0, 0)
+    # 99 (+ header) <= 99.5 < 100 (+ 2 headers); resumed once the count is <= 10.5.
+    assert before == ([] if 99 + header <= high else ['pause'])
+    assert after == ['pause']
+    assert calls == (['pause', 'resume'] if left <= low else ['pause'])
     b.close()
 
 
@@ -599,8 +626,9 @@ def test_transport_attributes_can_be_set(loop, kind):
     run(loop, main())
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason='3.12+ stream writelines does not call write()')
-def test_writelines_calls_a_patched_write(loop):
+def test_writelines_calls_a_patched_write_up_to_3_11(loop):
+    """3.11's writelines is `self.write(b''.join(...))`; 3.12+'s sends on its own."""
+
     async def main():
         keep: list = []
         tr, _ = await make(loop, 'stream', keep)
@@ -608,10 +636,17 @@ def test_writelines_calls_a_patched_write(loop):
             tr.writelines([b'a', b'b'])
         tr.close()
         await asyncio.sleep(0.01)
+        keep[0].setblocking(False)
+        sent = b''
+        with contextlib.suppress(BlockingIOError):
+            sent = keep[0].recv(10)
         close_all(keep)
-        return write.call_args_list
+        return write.call_args_list, sent
 
-    assert run(loop, main()) == [mock.call(b'ab')]
+    if OWN_WRITELINES:
+        assert run(loop, main()) == ([], b'ab')
+    else:
+        assert run(loop, main()) == ([mock.call(b'ab')], b'')
 
 
 def test_write_pipe_close_and_writelines_call_patched_methods(loop):
@@ -634,6 +669,17 @@ def test_write_pipe_close_and_writelines_call_patched_methods(loop):
 # ----- 8. adversarial calls on every public method --------------------------------------
 
 
+class FreshIter:
+    """An iterator of ``items``, made anew for each loop (one iterator would be spent
+    by the first loop's call)."""
+
+    def __init__(self, *items) -> None:
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f'iter({list(self.items)!r})'
+
+
 BAD_CALLS = [
     ('write', ('text',)),
     ('write', (None,)),
@@ -645,7 +691,7 @@ BAD_CALLS = [
     ('writelines', ([b'a', 'b'],)),
     ('writelines', (None,)),
     ('writelines', ([memoryview(array.array('h', [1, 2]))],)),
-    ('writelines', (iter([b'a', bytearray(b'b')]),)),
+    ('writelines', (FreshIter(b'a', bytearray(b'b')),)),
     ('sendto', ('text', None)),
     ('sendto', (b'x', 'not an address')),
     ('sendto', (b'x', ('127.0.0.1', 2**20))),
@@ -681,7 +727,8 @@ def _scenario_bad_calls(kind, closed):
                     await asyncio.sleep(0.01)
                 if closed and kind == 'wpipe' and name == 'abort':
                     continue  # asyncio fails on its own None loop; oxloop does nothing
-                got = outcome(call_method, tr, name, args)
+                call_args = tuple(iter(a.items) if isinstance(a, FreshIter) else a for a in args)
+                got = outcome(call_method, tr, name, call_args)
                 results[name, repr(args)[:60]] = (shape(got), tr.is_closing())
                 with contextlib.suppress(AttributeError):  # asyncio's closed write pipe
                     tr.abort() if hasattr(tr, 'abort') else tr.close()
@@ -699,7 +746,61 @@ def _scenario_bad_calls(kind, closed):
 @pytest.mark.parametrize('kind', KINDS)
 def test_bad_calls_on_every_public_method(loop_impl, kind, closed):
     scenario = _scenario_bad_calls(kind, closed)
-    assert on_impl(loop_impl, scenario) == on_stdlib(scenario)
+    got, want = on_impl(loop_impl, scenario), on_stdlib(scenario)
+    if kind == 'stream' and OWN_WRITELINES:
+        # The 3.12+ stdlib fails on its own state here: documented divergences
+        # (test_divergence_stream_writelines_where_asyncio_fails_on_its_own_state).
+        quirks = ['([<memory', '(iter('] if closed else ['([<memory']
+        for key in [k for k in want if k[0] == 'writelines' and k[1].startswith(tuple(quirks))]:
+            if loop_impl == 'oxloop':
+                assert got[key] == (('ok', 'NoneType'), closed)
+            got.pop(key)
+            want.pop(key)
+    assert got == want
+
+
+OWN_WRITELINES = 'writelines' in vars(asyncio.selector_events._SelectorSocketTransport)
+
+
+@pytest.mark.parametrize('case', ['after-close', 'wide-items', 'empty-iterator'])
+def test_divergence_stream_writelines_where_asyncio_fails_on_its_own_state(loop, loop_impl, case):
+    """CPython 3.12+'s own `writelines` buffers memoryviews of the items and calls
+    `self._write_ready()`: after `close()` that is None (TypeError); with items wider
+    than a byte its count of sent bytes runs past the buffer (IndexError, a fatal
+    error: the connection is lost); with an empty iterator it asserts a non-empty
+    buffer. oxloop does what `write()` of the joined bytes does, as 3.11 does."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+
+    async def main():
+        pr = Recorder()
+        tr, _ = await loop.create_connection(lambda: pr, sock=a)
+        if case == 'after-close':
+            tr.close()
+            got = outcome(tr.writelines, [b'late'])
+        elif case == 'wide-items':
+            got = outcome(tr.writelines, [memoryview(array.array('h', [1, 2]))])
+        else:
+            got = outcome(tr.writelines, iter([]))
+        await asyncio.sleep(0.01)
+        closing = tr.is_closing()
+        tr.close()
+        await asyncio.sleep(0)
+        return got, closing
+
+    got, closing = run(loop, main())
+    sent = b.recv(100) if case == 'wide-items' else None
+    b.close()
+    if loop_impl == 'oxloop' or not OWN_WRITELINES:
+        assert (got, closing) == (('ok', None), case == 'after-close')
+        if case == 'wide-items':
+            assert sent == array.array('h', [1, 2]).tobytes()
+    elif case == 'after-close':
+        assert got == ('TypeError', "'NoneType' object is not callable")
+    elif case == 'wide-items':
+        assert (got, closing) == (('ok', None), True)
+    else:
+        assert got == ('AssertionError', 'Data should not be empty')
 
 
 # ----- hypothesis: the write buffer and flow control against a model --------------------
@@ -812,6 +913,11 @@ async def transport_run(lp, ops, dgram: bool, tmp_dir: str):
                 drain(b)
                 await asyncio.sleep(0.001)
             drain(b)
+            if tr.is_closing():
+                # 3.12+ asyncio's fatal error on a memoryview of wide items (its
+                # count of sent bytes runs past the buffer): the socket is gone.
+                sizes.append('lost')
+                break
             fill(a)  # room again in the kernel: take it, so the next write is buffered
         elif dgram:
             for data in [arg] if op == 'write' else arg:
