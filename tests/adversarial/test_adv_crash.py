@@ -113,19 +113,18 @@ TIMEOUT = 25
 
 
 @pytest.mark.parametrize('scenario', sorted(SCENARIOS))
-def test_exit_while_daemon_thread_runs_loop(loop_impl, run_python, scenario, record_property):
+def test_exit_while_daemon_thread_runs_loop(loop_impl, run_python, scenario):
     code = PRELUDE + SCENARIOS[scenario] + MAIN
-    for attempt in range(REPEAT):
+    for _ in range(REPEAT):
         try:
             proc = run_python(code, impl=loop_impl, timeout=TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
+        except subprocess.TimeoutExpired:
             # The stdlib loop's process has been seen to hang at exit in the full suite
             # under load (3.11: exception_handler, tasks; 3.12: those and callbacks;
             # 3.13: callbacks; never reproduced alone). CPython ends such daemon threads
             # its own way, which is not ours to demand; only oxloop must exit.
             if loop_impl == 'oxloop':
                 raise
-            record_property(f'stdlib_hang_{attempt}', repr(exc.stdout))
             continue
         assert 'FATAL' not in proc.stderr
         assert proc.returncode == 0, proc.stderr[-2000:]
