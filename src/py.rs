@@ -201,8 +201,15 @@ pub fn server_detach_collected(server: &Bound<'_, PyAny>) -> PyResult<()> {
     if !py313(py) {
         return Ok(());
     }
-    let clients = server.getattr(pyo3::intern!(py, "_clients"))?;
-    if clients.len()? == 0 && server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
+    // A server collected in the same cycle may be cleared already (no attributes
+    // left): then nothing can be waiting on it.
+    let (Ok(clients), Ok(sockets)) = (
+        server.getattr(pyo3::intern!(py, "_clients")),
+        server.getattr(pyo3::intern!(py, "_sockets")),
+    ) else {
+        return Ok(());
+    };
+    if clients.len()? == 0 && sockets.is_none() {
         server.call_method0(pyo3::intern!(py, "_wakeup"))?;
     }
     Ok(())
