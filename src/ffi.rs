@@ -136,6 +136,52 @@ pub fn call_method<'py>(
     call(&obj.getattr(name)?, args)
 }
 
+type VectorcallMethod = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+type CVectorcallMethod = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// `obj.name(*args)` (at most three arguments) through `PyObject_VectorcallMethod`
+/// (no bound method, no tuple), where the interpreter's exit may end the thread
+/// (see [`call`]): for the protocol methods a transport calls, which run the
+/// application's code on the loop's thread.
+pub fn call_protocol<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+    args: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let mut argv = [std::ptr::null_mut(); 4];
+    argv[0] = obj.as_ptr();
+    for (slot, arg) in argv[1..].iter_mut().zip(args) {
+        *slot = arg.as_ptr();
+    }
+    let nargs = 1 + args.len().min(3);
+    let guard = HangOnForcedUnwind;
+    let plain: CVectorcallMethod = ffi::PyObject_VectorcallMethod;
+    // SAFETY: the same function with the same arguments; only the unwind ABI
+    // differs (see `unwinding_calls`). `argv[..nargs]` holds live borrowed
+    // references (self first, as the method call convention wants) for the call.
+    let out = unsafe {
+        let vectorcall_method = std::hint::black_box(std::mem::transmute::<
+            CVectorcallMethod,
+            VectorcallMethod,
+        >(plain));
+        vectorcall_method(name.as_ptr(), argv.as_ptr(), nargs, std::ptr::null_mut())
+    };
+    std::mem::forget(guard);
+    // SAFETY: a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, out) }
+}
+
 /// `context.run(callback, *args)`, discarding the result.
 pub fn run_in_context(
     py: Python<'_>,

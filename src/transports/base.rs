@@ -806,7 +806,11 @@ impl Transport {
         let Some(protocol) = protocol else {
             return Ok(());
         };
-        match protocol.bind(py).call_method0(method) {
+        match crate::ffi::call_protocol(
+            protocol.bind(py),
+            &pyo3::types::PyString::new(py, method),
+            &[],
+        ) {
             Ok(_) => Ok(()),
             Err(e) if is_exit(py, &e) => Err(e),
             Err(e) => {
@@ -1081,10 +1085,12 @@ impl Transport {
             )
         };
         let result = match (connected, protocol) {
-            (true, Some(protocol)) => protocol
-                .bind(py)
-                .call_method1("connection_lost", (exc.unwrap_or_else(|| py.None()),))
-                .map(drop),
+            (true, Some(protocol)) => crate::ffi::call_protocol(
+                protocol.bind(py),
+                pyo3::intern!(py, "connection_lost"),
+                &[exc.unwrap_or_else(|| py.None()).bind(py)],
+            )
+            .map(drop),
             _ => Ok(()),
         };
         // finally: release everything, whatever connection_lost did.

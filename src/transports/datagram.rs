@@ -232,10 +232,12 @@ impl DatagramTransport {
         };
         match received {
             Ok((data, addr)) => match protocol {
-                Some(protocol) => protocol
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "datagram_received"), (data, addr))
-                    .map(|_| true),
+                Some(protocol) => crate::ffi::call_protocol(
+                    protocol.bind(py),
+                    pyo3::intern!(py, "datagram_received"),
+                    &[&data.into_any(), &addr.into_any()],
+                )
+                .map(|_| true),
                 None => Ok(false),
             },
             Err(e)
@@ -272,10 +274,12 @@ impl DatagramTransport {
     ) -> PyResult<()> {
         let py = base.py();
         match protocol {
-            Some(protocol) => protocol
-                .bind(py)
-                .call_method1("error_received", (exc.into_value(py),))
-                .map(drop),
+            Some(protocol) => crate::ffi::call_protocol(
+                protocol.bind(py),
+                pyo3::intern!(py, "error_received"),
+                &[exc.into_value(py).bind(py).as_any()],
+            )
+            .map(drop),
             None => Ok(()),
         }
     }

@@ -142,10 +142,12 @@ impl ReadPipeTransport {
             }
             Ok(Some(data)) => match this.protocol(py) {
                 // Not caught: asyncio lets it reach the exception handler.
-                Some(protocol) => protocol
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "data_received"), (data,))
-                    .map(drop),
+                Some(protocol) => crate::ffi::call_protocol(
+                    protocol.bind(py),
+                    pyo3::intern!(py, "data_received"),
+                    &[data.as_any()],
+                )
+                .map(drop),
                 None => Ok(()),
             },
             Ok(None) => {

@@ -45,7 +45,7 @@ impl StreamTransport {
         if slf.get().debug(py) {
             Transport::logger_debug(py, ("%r received EOF", slf))?;
         }
-        match protocol.call_method0("eof_received") {
+        match crate::ffi::call_protocol(protocol, pyo3::intern!(py, "eof_received"), &[]) {
             Err(e) if is_exit(py, &e) => Err(e),
             Err(e) => {
                 Transport::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed.")
@@ -65,7 +65,13 @@ impl StreamTransport {
     fn read_into_buffer(slf: &Bound<'_, Transport>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let buf = match protocol.call_method1("get_buffer", (-1,)).and_then(|buf| {
+        let size_hint = (-1i32).into_pyobject(py)?.into_any();
+        let buf = match crate::ffi::call_protocol(
+            protocol,
+            pyo3::intern!(py, "get_buffer"),
+            &[&size_hint],
+        )
+        .and_then(|buf| {
             if buf.len()? == 0 {
                 Err(PyRuntimeError::new_err(
                     "get_buffer() returned an empty buffer",
@@ -99,7 +105,12 @@ impl StreamTransport {
         if nbytes == 0 {
             return Self::on_eof(slf, protocol);
         }
-        match protocol.call_method1("buffer_updated", (nbytes,)) {
+        let nbytes_obj = nbytes.into_pyobject(py)?.into_any();
+        match crate::ffi::call_protocol(
+            protocol,
+            pyo3::intern!(py, "buffer_updated"),
+            &[&nbytes_obj],
+        ) {
             Ok(_) => Ok(()),
             Err(e) if is_exit(py, &e) => Err(e),
             Err(e) => Transport::fatal_error(
@@ -206,7 +217,11 @@ impl StreamTransport {
             Ok(None) => Self::on_eof(base, &protocol),
             // CPython looks the method up on every call (no caching).
             Ok(Some(data)) => {
-                match protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)) {
+                match crate::ffi::call_protocol(
+                    &protocol,
+                    pyo3::intern!(py, "data_received"),
+                    &[&data],
+                ) {
                     Ok(_) => Ok(()),
                     Err(e) if is_exit(py, &e) => Err(e),
                     Err(e) => Transport::fatal_error(
