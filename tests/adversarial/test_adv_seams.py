@@ -179,3 +179,28 @@ def test_divergence_datagram_buffer_size_counts_payload_only(loop, loop_impl, tm
     size, after = run(loop, main())
     b.close()
     assert (size, after) == (3 * (100 + header), 3 * header)
+
+
+def test_divergence_import_refused_with_the_gil_off(run_python) -> None:
+    # A free-threaded build with PYTHON_GIL=0 keeps the GIL off although oxloop
+    # declares gil_used; oxloop's state is GIL-guarded, so it refuses to import
+    # (the stdlib loop runs). Simulated where the build has a GIL.
+    code = """
+import sys
+sys._is_gil_enabled = lambda: False
+try:
+    import oxloop
+except ImportError as exc:
+    print('refused:', exc)
+else:
+    print('imported')
+import asyncio
+loop = asyncio.new_event_loop()
+print(loop.run_until_complete(asyncio.sleep(0, 'stdlib runs')))
+loop.close()
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('refused: oxloop needs the GIL')
+    assert lines[1] == 'stdlib runs'
