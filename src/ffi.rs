@@ -110,16 +110,25 @@ pub fn call<'py>(
     callable: &Bound<'py, PyAny>,
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    call_kw(callable, args, None)
+}
+
+/// `callable(*args, **kwargs)` as [`call`].
+pub fn call_kw<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
     let guard = HangOnForcedUnwind;
-    // SAFETY: attached (token); both objects are live for the call; returns a new
+    // SAFETY: attached (token); the objects are live for the call; returns a new
     // reference or NULL with an exception set.
     let out = unsafe {
         let (no_args, with_args) = unwinding_calls();
-        if args.is_empty() {
-            no_args(callable.as_ptr())
-        } else {
-            with_args(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+        match kwargs {
+            None if args.is_empty() => no_args(callable.as_ptr()),
+            None => with_args(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
+            Some(kwargs) => with_args(callable.as_ptr(), args.as_ptr(), kwargs.as_ptr()),
         }
     };
     std::mem::forget(guard);

@@ -104,13 +104,16 @@ pub fn callback_source<'py>(
     args: Py<PyAny>,
     debug: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // Python code (reprs) on the loop's thread: a call the interpreter's exit may
+    // unwind (`ffi::call_kw`).
     let format = format_callback_source(py)?;
+    let positional = pyo3::types::PyTuple::new(py, [callback, args])?;
     if py313(py) {
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "debug"), debug)?;
-        format.call((callback, args), Some(&kwargs))
+        crate::ffi::call_kw(format, &positional, Some(&kwargs))
     } else {
-        format.call1((callback, args))
+        crate::ffi::call(format, &positional)
     }
 }
 
