@@ -135,7 +135,10 @@ pub struct Transport {
     pub(super) event_loop: GilCell<Option<Py<LoopCore>>>,
     pub(super) sock: GilCell<Option<Py<PyAny>>>,
     pub(super) fd: RawFd,
-    extra: Py<PyDict>,
+    /// `None` only in a new object whose fields are not written yet, which the
+    /// garbage collector may traverse (3.11 allocates the `__dict__` in between):
+    /// zeroed memory reads as `None` here, and `__traverse__` stops at it.
+    extra: Option<Py<PyDict>>,
     kind: Kind,
     /// The bound methods registered as reader/writer callbacks (made once), and
     /// their Rust bodies, which the loop calls directly (`Handle::set_native`).
@@ -212,7 +215,7 @@ impl Transport {
             event_loop: GilCell::new(None),
             sock: GilCell::new(Some(sock.clone().unbind())),
             fd,
-            extra: extra.unbind(),
+            extra: Some(extra.unbind()),
             kind,
             read_ready: GilCell::new(None),
             write_ready: GilCell::new(None),
@@ -390,6 +393,14 @@ impl Transport {
         os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
     }
 
+    /// The `extra` dict (always there once the object is made).
+    fn extra<'py>(&self, py: Python<'py>) -> &Bound<'py, PyDict> {
+        self.extra
+            .as_ref()
+            .expect("a transport's extra dict is set when it is made")
+            .bind(py)
+    }
+
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
         self.event_loop.clone_ref(py).map(|l| l.into_bound(py))
     }
@@ -403,7 +414,7 @@ impl Transport {
         py: Python<'py>,
         name: &str,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.extra.bind(py).get_item(name)
+        self.extra(py).get_item(name)
     }
 
     pub(super) fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -918,7 +929,7 @@ impl Transport {
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
+        match self.extra(py).get_item(name)? {
             Some(value) => Ok(value),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
         }
@@ -1166,7 +1177,7 @@ impl Transport {
 
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.extra.clone_ref(py)
+        self.extra(py).clone().unbind()
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -1174,6 +1185,10 @@ impl Transport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(extra) = &self.extra else {
+            return Ok(()); // not initialised yet (see `extra`)
+        };
+        visit.call(extra)?;
         // SAFETY: called by the GC only.
         unsafe {
             visit.call(self.event_loop.get_for_gc())?;
@@ -1181,7 +1196,6 @@ impl Transport {
             visit.call(self.read_ready.get_for_gc())?;
             visit.call(self.write_ready.get_for_gc())?;
         }
-        visit.call(&self.extra)?;
         // SAFETY: called by the GC only.
         if let Some(st) = unsafe { self.state.try_get_for_gc() } {
             visit.call(&st.protocol)?;
