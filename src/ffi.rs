@@ -367,3 +367,99 @@ pub fn read_into_new_bytes(
     // SAFETY: `obj` is a valid new reference.
     Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }))
 }
+
+type Vectorcall = unsafe extern "C-unwind" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+type CVectorcall = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    usize,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// `callable(*args)` (at most three arguments) through `PyObject_Vectorcall` (no
+/// tuple), as [`call`]: for callables the crate keeps, such as the TLS layer's
+/// bound C methods of `SSLObject` and `MemoryBIO` (an SNI callback or a message
+/// callback may run Python code inside them).
+pub fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let mut argv = [std::ptr::null_mut(); 3];
+    for (slot, arg) in argv.iter_mut().zip(args) {
+        *slot = arg.as_ptr();
+    }
+    let nargs = args.len().min(3);
+    let guard = HangOnForcedUnwind;
+    let plain: CVectorcall = ffi::PyObject_Vectorcall;
+    // SAFETY: the same function with the same arguments; only the unwind ABI
+    // differs (see `unwinding_calls`). `argv[..nargs]` holds live borrowed
+    // references for the call.
+    let out = unsafe {
+        let vectorcall =
+            std::hint::black_box(std::mem::transmute::<CVectorcall, Vectorcall>(plain));
+        vectorcall(
+            callable.as_ptr(),
+            argv.as_ptr(),
+            nargs,
+            std::ptr::null_mut(),
+        )
+    };
+    std::mem::forget(guard);
+    // SAFETY: a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, out) }
+}
+
+/// A new, uninitialised `bytes` of `size` for the caller to fill (through
+/// [`writable_view`]) and then [`shrink_bytes`]; `None` when out of memory.
+pub fn new_bytes_to_fill(py: Python<'_>, size: usize) -> Option<Bound<'_, PyAny>> {
+    let obj = new_uninit_bytes(size);
+    // SAFETY: a new reference, or NULL.
+    unsafe { Bound::from_owned_ptr_or_opt(py, obj) }
+}
+
+/// A writable `memoryview` over `bytes[offset..offset + len]` of a `bytes` made by
+/// [`new_bytes_to_fill`] that nobody else has seen yet.
+///
+/// # Safety
+/// `bytes` must be unshared (refcount 1, never handed to Python code that could keep
+/// it: `bytes` are immutable once shared), `offset + len` within its size, and the
+/// view must not outlive it (it holds no reference to it).
+pub unsafe fn writable_view<'py>(
+    bytes: &Bound<'py, PyAny>,
+    offset: usize,
+    len: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = bytes.py();
+    // SAFETY: per the contract, the range lies in the object's storage.
+    unsafe {
+        let start = ffi::PyBytes_AsString(bytes.as_ptr()).add(offset);
+        let len = ffi::Py_ssize_t::try_from(len).unwrap_or(ffi::Py_ssize_t::MAX);
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyMemoryView_FromMemory(start, len, ffi::PyBUF_WRITE),
+        )
+    }
+}
+
+/// Shrinks (or grows) a `bytes` made by [`new_bytes_to_fill`] to `size`; `None` when
+/// out of memory (the object is freed then).
+pub fn shrink_bytes(bytes: Bound<'_, PyAny>, size: usize) -> Option<Bound<'_, PyAny>> {
+    let py = bytes.py();
+    let mut obj = bytes.into_ptr();
+    let size = ffi::Py_ssize_t::try_from(size).unwrap_or(ffi::Py_ssize_t::MAX);
+    // SAFETY: resizing our own unshared bytes (the caller's contract with
+    // `new_bytes_to_fill`); on failure CPython frees it and sets `obj` to NULL.
+    if unsafe { _PyBytes_Resize(&raw mut obj, size) } < 0 {
+        // SAFETY: an exception (MemoryError) is set.
+        unsafe { ffi::PyErr_Clear() };
+        return None;
+    }
+    // SAFETY: `obj` is a valid new reference.
+    Some(unsafe { Bound::from_owned_ptr(py, obj) })
+}

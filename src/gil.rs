@@ -61,6 +61,14 @@ impl<T> GilCell<Option<Py<T>>> {
     }
 }
 
+impl<T> GilCell<Option<std::sync::Arc<T>>> {
+    /// A new handle on the stored value, if any.
+    pub fn clone_arc(&self, _py: Python<'_>) -> Option<std::sync::Arc<T>> {
+        // SAFETY: GIL held; cloning an `Arc` runs no Python code.
+        unsafe { (*self.0.get()).clone() }
+    }
+}
+
 /// A `RefCell` that may live in a `Sync` pyclass because the GIL guards it.
 pub struct GilRefCell<T>(RefCell<T>);
 

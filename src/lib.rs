@@ -37,6 +37,8 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_class::<transports::pipe::ReadPipeTransport>()?;
     m.add_class::<transports::pipe::WritePipeTransport>()?;
+    m.add_class::<transports::ssl::SslProtocol>()?;
+    m.add_class::<transports::ssl::SslTransport>()?;
     m.add_class::<event_loop::sock::SockWaiter>()?;
     m.add_function(wrap_pyfunction!(py::_compat_names, m)?)?;
     fastcall::install(m.py())?;

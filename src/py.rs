@@ -87,6 +87,48 @@ import_cache! {
     fsdecode => "os" . "fsdecode";
     /// `warnings.warn`.
     warn => "warnings" . "warn";
+    /// `ssl.SSLObject`: an exact one is driven through its C object (see [`ssl_object_io`]).
+    ssl_object => "ssl" . "SSLObject";
+    /// `ssl.MemoryBIO`, the TLS layer's two buffers.
+    memory_bio => "ssl" . "MemoryBIO";
+    /// `ssl.SSLError`, `ssl.SSLWantReadError`, `ssl.SSLSyscallError` (asyncio's
+    /// `SSLAgainErrors` are the last two) and `ssl.CertificateError`.
+    ssl_error => "ssl" . "SSLError";
+    ssl_want_read_error => "ssl" . "SSLWantReadError";
+    ssl_syscall_error => "ssl" . "SSLSyscallError";
+    certificate_error => "ssl" . "CertificateError";
+    /// `asyncio.sslproto.SSLProtocol` and `_SSLProtocolTransport`: what the native TLS
+    /// layer's objects report as `__class__` (asyncio's isinstance checks hold).
+    ssl_protocol_class => "asyncio.sslproto" . "SSLProtocol";
+    ssl_protocol_transport => "asyncio.sslproto" . "_SSLProtocolTransport";
+    /// `asyncio.sslproto.SSLProtocolState` (the TLS layer's `_state`).
+    ssl_protocol_state => "asyncio.sslproto" . "SSLProtocolState";
+    /// `asyncio.sslproto.add_flowcontrol_defaults(high, low, kb)`.
+    add_flowcontrol_defaults => "asyncio.sslproto" . "add_flowcontrol_defaults";
+    /// `asyncio.constants`: the TLS timeouts and water marks.
+    asyncio_constants_module => "asyncio" . "constants";
+    /// `asyncio.exceptions.TimeoutError` (the shutdown timeout's error) and
+    /// `CancelledError` (not reported by `_fatal_error`).
+    asyncio_timeout_error => "asyncio.exceptions" . "TimeoutError";
+    cancelled_error => "asyncio.exceptions" . "CancelledError";
+    /// `asyncio.constants._SendfileMode` (the TLS transport's `FALLBACK`).
+    sendfile_mode => "asyncio.constants" . "_SendfileMode";
+}
+
+/// The TLS layer's handle on an `ssl.SSLObject`: the object whose methods it calls.
+/// An exact `ssl.SSLObject` is a thin Python wrapper whose `read`, `write`,
+/// `do_handshake`, `pending` and `unwrap` (`shutdown`) forward to the C object in
+/// its private `_sslobj`; calling that one directly skips a Python frame per call
+/// with the same result. A subclass (`SSLContext.sslobject_class`) keeps its own
+/// methods. Returns `(object, is_c_object)`.
+pub fn ssl_object_io<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, bool)> {
+    let py = sslobj.py();
+    if sslobj.get_type().is(ssl_object(py)?) {
+        if let Ok(raw) = sslobj.getattr(pyo3::intern!(py, "_sslobj")) {
+            return Ok((raw, true));
+        }
+    }
+    Ok((sslobj.clone(), false))
 }
 
 /// CPython 3.13 or later (`Server` tracks its transports; task factories' tasks are

@@ -18,6 +18,7 @@ import errno
 import os
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import weakref
@@ -146,6 +147,84 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         if _compat.ENSURE_FD_NO_TRANSPORT and server is None:
             self._ensure_fd_no_transport(sock)
         return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: Any = None,
+        extra: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: Any = _compat.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: Any = _compat.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
+        # selector_events' _make_ssl_transport with oxloop's TLS layer over oxloop's
+        # socket transport (which hands it the bytes it reads without a Python call).
+        ssl_protocol = _oxloop.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        app_transport = ssl_protocol._app_transport  # made with the protocol, as asyncio's
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return app_transport
+
+    async def start_tls(
+        self,
+        transport: Any,
+        protocol: Any,
+        sslcontext: Any,
+        *,
+        server_side: bool = False,
+        server_hostname: Any = None,
+        ssl_handshake_timeout: Any = None,
+        ssl_shutdown_timeout: Any = None,
+    ) -> Any:
+        """Upgrade transport to TLS.
+
+        Return a new transport that *protocol* should start using immediately.
+        """
+        # CPython 3.11-3.13 BaseEventLoop.start_tls, with oxloop's TLS layer.
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(f'sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(f'transport {transport!r} is not supported by start_tls()')
+        waiter = self.create_future()
+        ssl_protocol = _oxloop.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False,
+        )
+        ssl_protocol._get_app_transport()  # made with the protocol, as asyncio's
+        # Pause early so that "ssl_protocol.data_received()" doesn't
+        # have a chance to get called before "ssl_protocol.connection_made()".
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+        return ssl_protocol._app_transport
 
     def _make_datagram_transport(
         self, sock: socket.socket, protocol: Any, address: Any = None, waiter: Any = None, extra: Any = None

@@ -20,6 +20,7 @@ macro_rules! native {
 pub mod base;
 pub mod datagram;
 pub mod pipe;
+pub mod ssl;
 pub mod stream;
 
 use std::cell::RefCell;

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
 use super::base::{is_exit, is_retry, Kind, Transport};
+use super::ssl::SslProtocol;
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
@@ -190,7 +191,7 @@ impl StreamTransport {
             (protocol.clone_ref(py), st.buffered)
         };
         let protocol = protocol.into_bound(py);
-        if buffered {
+        if buffered && !protocol.is_exact_instance_of::<SslProtocol>() {
             return Self::read_into_buffer(base, &protocol);
         }
         // Straight into a fresh `bytes`, as socket.recv does: one copy less than a
@@ -215,6 +216,20 @@ impl StreamTransport {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on socket transport")
             }
             Ok(None) => Self::on_eof(base, &protocol),
+            // TLS: oxloop's own SSLProtocol takes the bytes without a Python call
+            // (asyncio's is a BufferedProtocol: its errors are buffer_updated's).
+            Ok(Some(data)) if protocol.is_exact_instance_of::<SslProtocol>() => {
+                let tls = protocol.cast::<SslProtocol>()?;
+                match SslProtocol::received(tls, &data) {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_exit(py, &e) => Err(e),
+                    Err(e) => Transport::fatal_error(
+                        base,
+                        e,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
             // CPython looks the method up on every call (no caching).
             Ok(Some(data)) => {
                 match crate::ffi::call_protocol(
@@ -234,7 +249,7 @@ impl StreamTransport {
         }
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(super) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let base = slf.as_super();
         let this = base.get();
