@@ -463,3 +463,21 @@ pub fn shrink_bytes(bytes: Bound<'_, PyAny>, size: usize) -> Option<Bound<'_, Py
     // SAFETY: `obj` is a valid new reference.
     Some(unsafe { Bound::from_owned_ptr(py, obj) })
 }
+
+/// A read-only `memoryview` over `data`, for a C function that copies what it is
+/// given and keeps no reference (`MemoryBIO.write`).
+///
+/// # Safety
+/// The view must not outlive `data`: it holds no reference to it. Drop it right
+/// after the call it was made for, and never hand it to Python code.
+pub unsafe fn borrowed_view<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let len = ffi::Py_ssize_t::try_from(data.len()).unwrap_or(ffi::Py_ssize_t::MAX);
+    // SAFETY: `data` is valid for `len` bytes for the view's life (the caller's
+    // contract); PyBUF_READ makes the view read-only.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyMemoryView_FromMemory(data.as_ptr().cast_mut().cast(), len, ffi::PyBUF_READ),
+        )
+    }
+}

@@ -117,7 +117,7 @@ import_cache! {
 
 /// The TLS layer's handle on an `ssl.SSLObject`: the object whose methods it calls.
 /// An exact `ssl.SSLObject` is a thin Python wrapper whose `read`, `write`,
-/// `do_handshake`, `pending` and `unwrap` (`shutdown`) forward to the C object in
+/// `do_handshake` and `unwrap` (`shutdown`) forward to the C object in
 /// its private `_sslobj`; calling that one directly skips a Python frame per call
 /// with the same result. A subclass (`SSLContext.sslobject_class`) keeps its own
 /// methods. Returns `(object, is_c_object)`.

@@ -43,6 +43,9 @@ use crate::py;
 /// CPython: `SSLProtocol.max_size`, the most one read asks for.
 const MAX_SIZE: usize = 256 * 1024;
 
+/// The most plaintext one TLS record carries (RFC 8446, 5.1).
+const RECORD_PLAINTEXT_MAX: usize = 16 * 1024;
+
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -118,7 +121,6 @@ struct SslIo {
     write: Py<PyAny>,
     do_handshake: Py<PyAny>,
     unwrap: Py<PyAny>,
-    pending: Py<PyAny>,
     incoming_write: Py<PyAny>,
     outgoing_read: Py<PyAny>,
 }
@@ -141,7 +143,6 @@ impl SslIo {
             do_handshake: method("do_handshake")?,
             // `SSLObject.unwrap()` is `self._sslobj.shutdown()`.
             unwrap: method(if raw { "shutdown" } else { "unwrap" })?,
-            pending: method("pending")?,
             incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
             outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
         })
@@ -156,7 +157,6 @@ impl SslIo {
             &self.write,
             &self.do_handshake,
             &self.unwrap,
-            &self.pending,
             &self.incoming_write,
             &self.outgoing_read,
         ] {
@@ -179,11 +179,6 @@ impl SslIo {
             .bind(py)
             .getattr(intern!(py, "pending"))?
             .extract()
-    }
-
-    /// `sslobj.pending()`: decrypted bytes OpenSSL holds.
-    fn ssl_pending(&self, py: Python<'_>) -> PyResult<usize> {
-        ffi::vectorcall(self.pending.bind(py), &[])?.extract()
     }
 }
 
@@ -398,7 +393,7 @@ impl SslProtocol {
     // ----- incoming ---------------------------------------------------------------
 
     /// CPython: `buffer_updated` after the data went into the incoming BIO.
-    fn on_incoming(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(super) fn on_incoming(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let result = match slf.get().phase(py) {
             Phase::DoHandshake => Self::do_handshake(slf),
@@ -419,9 +414,21 @@ impl SslProtocol {
         Ok(())
     }
 
-    /// What oxloop's socket transport calls with the bytes it read (asyncio's
-    /// transport calls `get_buffer` and `buffer_updated`).
-    pub(super) fn received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Copies bytes oxloop's socket transport read into the incoming BIO; the
+    /// transport then calls [`SslProtocol::on_incoming`] (asyncio's transport calls
+    /// `get_buffer` and `buffer_updated`). Runs no Python code: `MemoryBIO.write`
+    /// is C and only copies.
+    pub(super) fn bio_write(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        let fixed = slf.get().fixed(py)?;
+        // SAFETY: the view lives for this call only and goes to `MemoryBIO.write`,
+        // which copies the bytes and keeps no reference.
+        let view = unsafe { ffi::borrowed_view(py, data)? };
+        ffi::vectorcall(fixed.io.incoming_write.bind(py), &[&view]).map(drop)
+    }
+
+    /// `data_received`/`buffer_updated`: the bytes go into the incoming BIO.
+    fn received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fixed = slf.get().fixed(py)?;
         ffi::vectorcall(fixed.io.incoming_write.bind(py), &[data])?;
@@ -465,9 +472,9 @@ impl SslProtocol {
     }
 
     /// CPython: `_do_read__copied`, decrypting every record available into one
-    /// `bytes`. `SSLObject.read(n, buffer)` writes into a view of a fresh `bytes`
-    /// sized for the worst case (the plaintext is never longer than the ciphertext
-    /// still in the BIO plus what OpenSSL holds decrypted).
+    /// `bytes`: `SSLObject.read(n, buffer)` writes into a view of a fresh `bytes`
+    /// sized by the ciphertext in the BIO (never shorter than its plaintext), grown
+    /// if OpenSSL has more and shrunk to what was read.
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let fixed = slf.get().fixed(py)?;
@@ -476,15 +483,8 @@ impl SslProtocol {
         let mut cap = 0usize;
         let mut len = 0usize;
         let mut eof = false;
-        let mut first = true;
+        let mut want = io.incoming_pending(py)?.clamp(1, MAX_SIZE);
         loop {
-            let avail = io.incoming_pending(py)? + io.ssl_pending(py)?;
-            if avail == 0 && !first {
-                // Drained: asyncio's next read would raise SSLWantReadError.
-                break;
-            }
-            first = false;
-            let want = avail.clamp(1, MAX_SIZE);
             let buf = match data.take() {
                 None => {
                     cap = want;
@@ -507,18 +507,31 @@ impl SslProtocol {
             );
             drop(view);
             data = Some(buf);
-            match count {
-                Ok(n) => {
-                    let n: usize = n.extract()?;
-                    if n == 0 {
-                        eof = true; // close_notify
-                        break;
-                    }
-                    len += n;
-                }
+            let n: usize = match count {
+                Ok(n) => n.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
+            };
+            if n == 0 {
+                eof = true; // close_notify
+                break;
             }
+            len += n;
+            // OpenSSL reads one record per call and, without read-ahead (Python
+            // never sets it), takes from the BIO only the record it decrypts: when
+            // the BIO is empty and the read did not fill what was asked, nothing is
+            // left to decrypt and asyncio's next read would only raise
+            // SSLWantReadError. A filled read may leave plaintext in OpenSSL
+            // (`pending()`): ask again, for up to a whole record.
+            let avail = io.incoming_pending(py)?;
+            if avail == 0 && n < want {
+                break;
+            }
+            want = if avail == 0 {
+                RECORD_PLAINTEXT_MAX
+            } else {
+                avail.min(MAX_SIZE)
+            };
         }
         if len > 0 {
             let data = data.take().expect("len > 0 after a read into data");

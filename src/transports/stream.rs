@@ -11,6 +11,8 @@
 //!   keeping references to the caller's `bytes` (no copy); the buffer is flushed
 //!   with `writev`.
 
+use std::os::fd::RawFd;
+
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
@@ -122,6 +124,55 @@ impl StreamTransport {
         }
     }
 
+    /// TLS: oxloop's own `SSLProtocol` gets the records without a Python call and
+    /// without a `bytes`: `recv` into the loop's scratch buffer, copied into the
+    /// incoming BIO (asyncio's SSLProtocol is a BufferedProtocol: its errors are
+    /// `buffer_updated`'s). `fd` is owned (checked by the caller, no Python code
+    /// since).
+    fn read_tls(
+        base: &Bound<'_, Transport>,
+        tls: &Bound<'_, SslProtocol>,
+        fd: RawFd,
+    ) -> PyResult<()> {
+        let py = base.py();
+        let got = super::with_scratch(|buf| {
+            // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is owned.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(Err(std::io::Error::last_os_error()));
+            }
+            if n == 0 {
+                return Ok(false);
+            }
+            // No Python code runs inside (`bio_write`): the scratch borrow is safe.
+            SslProtocol::bio_write(tls, &buf[..n as usize])
+                .map(|()| true)
+                .map_err(Ok)
+        });
+        let result = match got {
+            Err(Err(e)) if is_retry(&e) => return Ok(()),
+            Err(Err(e)) => {
+                return Transport::fatal_error(
+                    base,
+                    os_error(&e),
+                    "Fatal read error on socket transport",
+                )
+            }
+            Ok(false) => return Self::on_eof(base, tls.as_any()),
+            Err(Ok(e)) => Err(e),
+            Ok(true) => SslProtocol::on_incoming(tls),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_exit(py, &e) => Err(e),
+            Err(e) => Transport::fatal_error(
+                base,
+                e,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            ),
+        }
+    }
+
     fn shutdown_write(this: &Transport, py: Python<'_>) -> PyResult<()> {
         let Some(fd) = this.owned_fd(py) else {
             return Err(this.fd_gone_error(py, "shutdown"));
@@ -208,6 +259,9 @@ impl StreamTransport {
                 "Fatal read error on socket transport",
             );
         };
+        if let Ok(tls) = protocol.cast_exact::<SslProtocol>() {
+            return Self::read_tls(base, tls, fd);
+        }
         // `fd` is owned: `owned_fd` just now, and no Python code runs before the
         // recv.
         match crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Recv(0)) {
@@ -216,20 +270,6 @@ impl StreamTransport {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on socket transport")
             }
             Ok(None) => Self::on_eof(base, &protocol),
-            // TLS: oxloop's own SSLProtocol takes the bytes without a Python call
-            // (asyncio's is a BufferedProtocol: its errors are buffer_updated's).
-            Ok(Some(data)) if protocol.is_exact_instance_of::<SslProtocol>() => {
-                let tls = protocol.cast::<SslProtocol>()?;
-                match SslProtocol::received(tls, &data) {
-                    Ok(()) => Ok(()),
-                    Err(e) if is_exit(py, &e) => Err(e),
-                    Err(e) => Transport::fatal_error(
-                        base,
-                        e,
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    ),
-                }
-            }
             // CPython looks the method up on every call (no caching).
             Ok(Some(data)) => {
                 match crate::ffi::call_protocol(
