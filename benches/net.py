@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ from _common import aa_name, machine_info, pick_baseline
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES_DIR = ROOT / 'benches'
 SERVERS_DIR = BENCHES_DIR / 'servers'
+# The TLS cases' test CA and server certificate (benches/certs/README.md).
+CERTS_DIR = BENCHES_DIR / 'certs'
+TLS_CA = CERTS_DIR / 'ca.pem'
+TLS_CERT = CERTS_DIR / 'server.pem'
+TLS_KEY = CERTS_DIR / 'server.key'
+TLS_SERVER_NAME = 'localhost'
 RESULTS_DIR = BENCHES_DIR / 'results'
 LOADGEN_CRATE = ROOT / 'crates' / 'oxloop-loadgen'
 ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio', 'floor')
@@ -68,9 +75,12 @@ class Case:
     conns: int
     doc: str = ''
     reconnect: bool = False  # a new connection per request (oxloop-loadgen --reconnect)
+    tls: bool = False  # TLS 1.3 over every connection (server --certfile/--keyfile, oxloop-loadgen --tls)
 
 
-def _echo_cases(group: str, server: str, mode: str, what: str, shapes: list[tuple[int, int]], doc: str) -> list[Case]:
+def _echo_cases(
+    group: str, server: str, mode: str, what: str, shapes: list[tuple[int, int]], doc: str, tls: bool = False
+) -> list[Case]:
     out = []
     for size, conns in shapes:
         label = f'{size // KIB}k'
@@ -84,6 +94,7 @@ def _echo_cases(group: str, server: str, mode: str, what: str, shapes: list[tupl
                 size,
                 conns,
                 doc,
+                tls=tls,
             )
         )
     return out
@@ -140,6 +151,24 @@ CASES: list[Case] = [
         10,
         'a new connection per request: connect, 1 KiB echo, close (reset: no TIME_WAIT)',
         reconnect=True,
+    ),
+    *_echo_cases(
+        'tls',
+        'echo_protocol.py',
+        'tcp',
+        'TLS Protocol echo',
+        [(KIB, 10), (KIB, 100), (64 * KIB, 10), (64 * KIB, 100)],
+        "TLS 1.3, create_server(ssl=), the loop's TLS; asyncio.Protocol: data_received -> transport.write",
+        tls=True,
+    ),
+    *_echo_cases(
+        'tls_streams',
+        'echo_streams.py',
+        'tcp',
+        'TLS streams echo',
+        [(KIB, 10)],
+        'TLS 1.3, asyncio.start_server(ssl=): reader.read(64 KiB), writer.write + drain',
+        tls=True,
     ),
     Case('http_c10', 'http', 'HTTP/1.1 keep-alive x 10', 'http_server.py', 'http', 0, 10, 'wrk -t1 -c10, GET /'),
     Case('http_c100', 'http', 'HTTP/1.1 keep-alive x 100', 'http_server.py', 'http', 0, 100, 'wrk -t1 -c100, GET /'),
@@ -322,6 +351,8 @@ def start_server(
         cmd += ['--unix', str(path)]
     else:
         cmd += ['--port', '0']
+    if case.tls:
+        cmd += ['--certfile', str(TLS_CERT), '--keyfile', str(TLS_KEY)]
     cmd += ['--max-seconds', f'{max_seconds:.0f}']
     log = tmpdir / f'{case.name}-{contestant.loop}.log'
     last_error = ''
@@ -416,7 +447,11 @@ class Settings:
     tmpdir: Path
 
 
-def run_loadgen(case: Case, server: Server, s: Settings) -> dict[str, Any]:
+def run_loadgen(
+    case: Case, server: Server, s: Settings, on_connected: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """One client run. ``on_connected``: called once every connection is open (and its
+    TLS handshake done), before the first request (instructions.py starts counting)."""
     assert s.loadgen is not None
     cmd = [
         str(s.loadgen),
@@ -444,8 +479,26 @@ def run_loadgen(case: Case, server: Server, s: Settings) -> dict[str, Any]:
         cmd.append('--no-prime')
     if case.reconnect:
         cmd.append('--reconnect')
-    proc = spawn(cmd, s.client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if case.tls:
+        cmd += ['--tls', '--ca', str(TLS_CA), '--server-name', TLS_SERVER_NAME]
+    if on_connected is not None:
+        cmd.append('--start-on-stdin')
+    proc = spawn(
+        cmd,
+        s.client_cpu,
+        stdin=subprocess.PIPE if on_connected else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
+        if on_connected is not None:
+            assert proc.stdin is not None and proc.stderr is not None
+            # 'connected' on stderr, unless it failed first (then communicate() reports it).
+            if proc.stderr.readline().strip() == b'connected':
+                on_connected()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(b'go\n')
+                proc.stdin.flush()  # communicate() closes it
         out, err = proc.communicate(timeout=s.warmup + s.duration + 60)
     except subprocess.TimeoutExpired:
         stop(proc, grace=0.5)
