@@ -14,8 +14,9 @@ same Python server code, the same interpreter: the difference is the loop. Count
 repeatable to about 1 %, so two builds or two loops compare without an A/A band.
 
 The TLS cases count from the moment every connection is open and its handshake done
-(oxloop-loadgen --start-on-stdin): the window has records only, no handshakes (which
-would otherwise dominate the count). The other cases count from the client's start,
+to the completion of the window's last request, before any connection closes
+(oxloop-loadgen --sync-stdin): records only, no handshakes or closes (which would
+otherwise weigh heavily in the count). The other cases count from the client's start,
 as they always have (their connects weigh little).
 
 Uses net.py's cases, servers and clients (oxloop-loadgen, wrk); needs valgrind
@@ -59,9 +60,9 @@ def load(
     server: net.Server,
     settings: net.Settings,
     seconds: float,
-    on_connected: Callable[[], None] | None = None,
+    window_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None,
 ) -> int:
-    """Run the client for ``seconds``; returns the requests answered. ``on_connected``:
+    """Run the client for ``seconds``; returns the requests answered. ``window_hooks``:
     see net.run_loadgen."""
     if case.mode == 'http':
         assert settings.wrk is not None
@@ -74,7 +75,7 @@ def load(
         )
         return int(net.parse_wrk(out.stdout)['requests'])
     settings.duration = seconds
-    return int(net.run_loadgen(case, server, settings, on_connected)['requests'])
+    return int(net.run_loadgen(case, server, settings, window_hooks)['requests'])
 
 
 def measure(case: net.Case, contestant: net.Contestant, settings: net.Settings, window: float) -> float:
@@ -90,7 +91,8 @@ def measure(case: net.Case, contestant: net.Contestant, settings: net.Settings, 
         load(case, server, settings, 1.0)  # warm-up, not counted
         pid = server.proc.pid
         if case.tls:
-            requests = load(case, server, settings, window, on_connected=lambda: control(pid, '-i', 'on'))
+            hooks = (lambda: control(pid, '-i', 'on'), lambda: control(pid, '-i', 'off'))
+            requests = load(case, server, settings, window, window_hooks=hooks)
         else:
             control(pid, '-i', 'on')
             requests = load(case, server, settings, window)
@@ -149,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001 - reported, the others go on
                     print(f'{case.name} {c.name}: {type(exc).__name__}: {exc}')
             row = [case.name, *[f'{per[n]:,.0f}' if n in per else 'ERR' for n in names]]
-            if 'uvloop' in per:
-                row += [f'{per["uvloop"] / per[n]:.2f}x' if n in per else '-' for n in names if n != 'uvloop']
+            if 'uvloop' in names:
+                row += [
+                    f'{per["uvloop"] / per[n]:.2f}x' if n in per and 'uvloop' in per else '-'
+                    for n in names
+                    if n != 'uvloop'
+                ]
             rows.append(row)
             print('  ' + '  '.join(row), flush=True)
     finally:

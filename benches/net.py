@@ -447,11 +447,33 @@ class Settings:
     tmpdir: Path
 
 
+def _sync_window(proc: subprocess.Popen[bytes], hooks: tuple[Callable[[], None], Callable[[], None]]) -> bytes:
+    """Drives oxloop-loadgen --sync-stdin: runs hooks[0] once the client says
+    'connected' and hooks[1] once it says 'finished', letting it go on after each.
+    Returns what the client wrote on stderr instead, if it failed first."""
+    assert proc.stdin is not None and proc.stderr is not None
+    for word, hook in zip((b'connected', b'finished'), hooks, strict=True):
+        line = proc.stderr.readline()
+        if line.strip() != word:
+            return line
+        hook()
+        try:
+            proc.stdin.write(b'go\n')
+            proc.stdin.flush()  # communicate() closes it
+        except BrokenPipeError:
+            break
+    return b''
+
+
 def run_loadgen(
-    case: Case, server: Server, s: Settings, on_connected: Callable[[], None] | None = None
+    case: Case,
+    server: Server,
+    s: Settings,
+    window_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
-    """One client run. ``on_connected``: called once every connection is open (and its
-    TLS handshake done), before the first request (instructions.py starts counting)."""
+    """One client run. ``window_hooks``: called once every connection is open (and its
+    TLS handshake done) before the first request, and once the last request of the window
+    has completed before the connections close (instructions.py counts in between)."""
     assert s.loadgen is not None
     cmd = [
         str(s.loadgen),
@@ -481,25 +503,19 @@ def run_loadgen(
         cmd.append('--reconnect')
     if case.tls:
         cmd += ['--tls', '--ca', str(TLS_CA), '--server-name', TLS_SERVER_NAME]
-    if on_connected is not None:
-        cmd.append('--start-on-stdin')
+    if window_hooks is not None:
+        cmd.append('--sync-stdin')
     proc = spawn(
         cmd,
         s.client_cpu,
-        stdin=subprocess.PIPE if on_connected else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if window_hooks else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        if on_connected is not None:
-            assert proc.stdin is not None and proc.stderr is not None
-            # 'connected' on stderr, unless it failed first (then communicate() reports it).
-            if proc.stderr.readline().strip() == b'connected':
-                on_connected()
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(b'go\n')
-                proc.stdin.flush()  # communicate() closes it
+        early = _sync_window(proc, window_hooks) if window_hooks is not None else b''
         out, err = proc.communicate(timeout=s.warmup + s.duration + 60)
+        err = early + err
     except subprocess.TimeoutExpired:
         stop(proc, grace=0.5)
         raise TimeoutError('oxloop-loadgen did not finish in time') from None
@@ -671,6 +687,12 @@ def summarise(result: CaseResult, names: list[str], baseline: str | None) -> dic
         entry['median_latency_p50_us'] = _median([m['latency_us'].get('p50') or 0 for m in rounds.values()])
         entry['median_latency_p99_us'] = _median([m['latency_us'].get('p99') or 0 for m in rounds.values()])
         entry['lost'] = sum(m.get('lost', 0) for m in rounds.values())
+        if name != 'floor' and result.rounds.get('floor'):
+            # How close a loop comes to the floor (the machine's ceiling), round by round.
+            ratios = result.ratios(name, 'floor', 'rps_per_cpu')
+            if ratios:
+                entry['rps_per_cpu_ratio_vs_floor'] = ratios
+                entry['rps_per_cpu_median_vs_floor'] = statistics.median(ratios)
         if baseline and name != baseline and result.rounds.get(baseline):
             for metric in METRICS:
                 ratios = result.ratios(name, baseline, metric)
@@ -819,6 +841,26 @@ def print_summary(summaries: list[tuple[str, dict[str, Any]]], names: list[str],
         print('  ' + line)
     if aa:
         print(f'  "~": inside the A/A band ({aa}/{baseline} over the rounds): not distinguishable from noise.')
+    if 'floor' in names:
+        loops = [n for n in names if n not in ('floor', aa)]
+        rows = [
+            [
+                name,
+                *[
+                    f'{c["rps_per_cpu_median_vs_floor"]:.2f}x'
+                    if (c := s['contestants'].get(n)) and 'rps_per_cpu_median_vs_floor' in c
+                    else '-'
+                    for n in loops
+                ],
+            ]
+            for name, s in summaries
+        ]
+        print()
+        print(
+            'Share of the floor: req/CPU-s, median over rounds of the per-round ratio to the floor (1.00x: the ceiling)'
+        )
+        for line in render(['benchmark', *[f'{short.get(n, n)}/floor' for n in loops]], rows, split=1):
+            print('  ' + line)
 
 
 # --------------------------------------------------------------------------------------
