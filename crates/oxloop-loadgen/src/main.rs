@@ -903,6 +903,13 @@ impl Run {
                 }
             },
         };
+        if matches!(&self.conns[idx].sock, Sock::Tls(t) if t.tls.wants_write()) {
+            // Records OpenSSL produced while reading that the socket did not take yet.
+            if let Err(e) = self.set_interest(idx, true) {
+                self.fail(idx, format!("epoll_ctl: {e}"));
+                return;
+            }
+        }
         match step {
             Ok(Step::Pending) => {}
             Ok(Step::Done) => {
