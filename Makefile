@@ -16,6 +16,18 @@ $(STAMP): requirements-dev.txt requirements-test.txt
 .PHONY: venv
 venv: $(STAMP) ## create .venv with the build, test, lint and bench dependencies
 
+# The load generator (crates/oxloop-loadgen, built by cargo test/clippy --workspace and by
+# the benchmarks) links the system's OpenSSL through the openssl crate: its headers and
+# pkg-config must be there. A no-op when they are.
+.PHONY: sys-deps
+sys-deps: ## Debian packages the Rust workspace builds against (libssl-dev, pkg-config), installed when missing
+	@pkg-config --exists openssl 2>/dev/null || { \
+		echo "installing libssl-dev and pkg-config (the load generator links the system's OpenSSL)"; \
+		command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+			apt-get install -y -qq libssl-dev pkg-config >/dev/null; } || { \
+		echo "libssl-dev and pkg-config are missing and could not be installed (apt-get install libssl-dev pkg-config)"; \
+		exit 1; }
+
 .PHONY: build-dev
 build-dev: $(STAMP) ## build the extension in debug mode into .venv
 	maturin develop -q
@@ -31,7 +43,7 @@ format: $(STAMP) ## format Rust and Python sources
 	ruff check --fix python tests benches tools
 
 .PHONY: lint-rust
-lint-rust: $(STAMP) ## cargo fmt --check and clippy -D warnings
+lint-rust: $(STAMP) sys-deps ## cargo fmt --check and clippy -D warnings
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
@@ -45,7 +57,7 @@ lint-python: $(STAMP) ## ruff, and stubtest for the .pyi stubs (needs the built 
 lint: lint-rust lint-python ## all linters
 
 .PHONY: test-rust
-test-rust: $(STAMP) ## cargo test for the Python-free core
+test-rust: $(STAMP) sys-deps ## cargo test for the Python-free core and the load generator
 	cargo test --workspace
 
 .PHONY: test-python
@@ -70,16 +82,16 @@ tools: ## Debian tools the benchmarks use (wrk, valgrind), installed when missin
 		echo "valgrind could not be installed: bench-instructions will not run"; }
 
 .PHONY: bench
-bench: build-prod tools ## the side-by-side suites: micro (loop primitives) and net (servers under load)
+bench: build-prod tools sys-deps ## the side-by-side suites: micro (loop primitives) and net (servers under load)
 	$(PY) benches/micro.py
 	$(PY) benches/net.py
 
 .PHONY: bench-instructions
-bench-instructions: build-prod tools ## instructions per request of each network server under callgrind, loop by loop
+bench-instructions: build-prod tools sys-deps ## instructions per request of each network server under callgrind, loop by loop
 	$(PY) benches/instructions.py
 
 .PHONY: demo
-demo: build-prod tools ## the main job: servers under load on oxloop, uvloop and the stdlib loop, side by side
+demo: build-prod tools sys-deps ## the main job: servers under load on oxloop, uvloop and the stdlib loop, side by side
 	$(PY) benches/net.py --quick
 
 .PHONY: clean

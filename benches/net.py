@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ from _common import aa_name, machine_info, pick_baseline
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES_DIR = ROOT / 'benches'
 SERVERS_DIR = BENCHES_DIR / 'servers'
+# The TLS cases' test CA and server certificate (benches/certs/README.md).
+CERTS_DIR = BENCHES_DIR / 'certs'
+TLS_CA = CERTS_DIR / 'ca.pem'
+TLS_CERT = CERTS_DIR / 'server.pem'
+TLS_KEY = CERTS_DIR / 'server.key'
+TLS_SERVER_NAME = 'localhost'
 RESULTS_DIR = BENCHES_DIR / 'results'
 LOADGEN_CRATE = ROOT / 'crates' / 'oxloop-loadgen'
 ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio', 'floor')
@@ -68,9 +75,12 @@ class Case:
     conns: int
     doc: str = ''
     reconnect: bool = False  # a new connection per request (oxloop-loadgen --reconnect)
+    tls: bool = False  # TLS 1.3 over every connection (server --certfile/--keyfile, oxloop-loadgen --tls)
 
 
-def _echo_cases(group: str, server: str, mode: str, what: str, shapes: list[tuple[int, int]], doc: str) -> list[Case]:
+def _echo_cases(
+    group: str, server: str, mode: str, what: str, shapes: list[tuple[int, int]], doc: str, tls: bool = False
+) -> list[Case]:
     out = []
     for size, conns in shapes:
         label = f'{size // KIB}k'
@@ -84,6 +94,7 @@ def _echo_cases(group: str, server: str, mode: str, what: str, shapes: list[tupl
                 size,
                 conns,
                 doc,
+                tls=tls,
             )
         )
     return out
@@ -140,6 +151,24 @@ CASES: list[Case] = [
         10,
         'a new connection per request: connect, 1 KiB echo, close (reset: no TIME_WAIT)',
         reconnect=True,
+    ),
+    *_echo_cases(
+        'tls',
+        'echo_protocol.py',
+        'tcp',
+        'TLS Protocol echo',
+        [(KIB, 10), (KIB, 100), (64 * KIB, 10), (64 * KIB, 100)],
+        "TLS 1.3, create_server(ssl=), the loop's TLS; asyncio.Protocol: data_received -> transport.write",
+        tls=True,
+    ),
+    *_echo_cases(
+        'tls_streams',
+        'echo_streams.py',
+        'tcp',
+        'TLS streams echo',
+        [(KIB, 10)],
+        'TLS 1.3, asyncio.start_server(ssl=): reader.read(64 KiB), writer.write + drain',
+        tls=True,
     ),
     Case('http_c10', 'http', 'HTTP/1.1 keep-alive x 10', 'http_server.py', 'http', 0, 10, 'wrk -t1 -c10, GET /'),
     Case('http_c100', 'http', 'HTTP/1.1 keep-alive x 100', 'http_server.py', 'http', 0, 100, 'wrk -t1 -c100, GET /'),
@@ -322,6 +351,8 @@ def start_server(
         cmd += ['--unix', str(path)]
     else:
         cmd += ['--port', '0']
+    if case.tls:
+        cmd += ['--certfile', str(TLS_CERT), '--keyfile', str(TLS_KEY)]
     cmd += ['--max-seconds', f'{max_seconds:.0f}']
     log = tmpdir / f'{case.name}-{contestant.loop}.log'
     last_error = ''
@@ -416,7 +447,33 @@ class Settings:
     tmpdir: Path
 
 
-def run_loadgen(case: Case, server: Server, s: Settings) -> dict[str, Any]:
+def _sync_window(proc: subprocess.Popen[bytes], hooks: tuple[Callable[[], None], Callable[[], None]]) -> bytes:
+    """Drives oxloop-loadgen --sync-stdin: runs hooks[0] once the client says
+    'connected' and hooks[1] once it says 'finished', letting it go on after each.
+    Returns what the client wrote on stderr instead, if it failed first."""
+    assert proc.stdin is not None and proc.stderr is not None
+    for word, hook in zip((b'connected', b'finished'), hooks, strict=True):
+        line = proc.stderr.readline()
+        if line.strip() != word:
+            return line
+        hook()
+        try:
+            proc.stdin.write(b'go\n')
+            proc.stdin.flush()  # communicate() closes it
+        except BrokenPipeError:
+            break
+    return b''
+
+
+def run_loadgen(
+    case: Case,
+    server: Server,
+    s: Settings,
+    window_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
+    """One client run. ``window_hooks``: called once every connection is open (and its
+    TLS handshake done) before the first request, and once the last request of the window
+    has completed before the connections close (instructions.py counts in between)."""
     assert s.loadgen is not None
     cmd = [
         str(s.loadgen),
@@ -444,9 +501,21 @@ def run_loadgen(case: Case, server: Server, s: Settings) -> dict[str, Any]:
         cmd.append('--no-prime')
     if case.reconnect:
         cmd.append('--reconnect')
-    proc = spawn(cmd, s.client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if case.tls:
+        cmd += ['--tls', '--ca', str(TLS_CA), '--server-name', TLS_SERVER_NAME]
+    if window_hooks is not None:
+        cmd.append('--sync-stdin')
+    proc = spawn(
+        cmd,
+        s.client_cpu,
+        stdin=subprocess.PIPE if window_hooks else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
+        early = _sync_window(proc, window_hooks) if window_hooks is not None else b''
         out, err = proc.communicate(timeout=s.warmup + s.duration + 60)
+        err = early + err
     except subprocess.TimeoutExpired:
         stop(proc, grace=0.5)
         raise TimeoutError('oxloop-loadgen did not finish in time') from None
@@ -618,6 +687,12 @@ def summarise(result: CaseResult, names: list[str], baseline: str | None) -> dic
         entry['median_latency_p50_us'] = _median([m['latency_us'].get('p50') or 0 for m in rounds.values()])
         entry['median_latency_p99_us'] = _median([m['latency_us'].get('p99') or 0 for m in rounds.values()])
         entry['lost'] = sum(m.get('lost', 0) for m in rounds.values())
+        if name != 'floor' and result.rounds.get('floor'):
+            # How close a loop comes to the floor (the machine's ceiling), round by round.
+            ratios = result.ratios(name, 'floor', 'rps_per_cpu')
+            if ratios:
+                entry['rps_per_cpu_ratio_vs_floor'] = ratios
+                entry['rps_per_cpu_median_vs_floor'] = statistics.median(ratios)
         if baseline and name != baseline and result.rounds.get(baseline):
             for metric in METRICS:
                 ratios = result.ratios(name, baseline, metric)
@@ -766,6 +841,26 @@ def print_summary(summaries: list[tuple[str, dict[str, Any]]], names: list[str],
         print('  ' + line)
     if aa:
         print(f'  "~": inside the A/A band ({aa}/{baseline} over the rounds): not distinguishable from noise.')
+    if 'floor' in names:
+        loops = [n for n in names if n not in ('floor', aa)]
+        rows = [
+            [
+                name,
+                *[
+                    f'{c["rps_per_cpu_median_vs_floor"]:.2f}x'
+                    if (c := s['contestants'].get(n)) and 'rps_per_cpu_median_vs_floor' in c
+                    else '-'
+                    for n in loops
+                ],
+            ]
+            for name, s in summaries
+        ]
+        print()
+        print(
+            'Share of the floor: req/CPU-s, median over rounds of the per-round ratio to the floor (1.00x: the ceiling)'
+        )
+        for line in render(['benchmark', *[f'{short.get(n, n)}/floor' for n in loops]], rows, split=1):
+            print('  ' + line)
 
 
 # --------------------------------------------------------------------------------------

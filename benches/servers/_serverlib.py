@@ -8,12 +8,18 @@ Every server is run as its own process by benches/net.py:
 Once it listens it prints one line, ``ready <address>`` (the port actually bound, as
 ``--port 0`` asks the kernel for a free one), and serves until it is killed or
 ``--max-seconds`` have passed (a safety net: a server never outlives a run for long).
+
+The stream servers that take ``tls=True`` here serve TLS 1.3 when given
+``--certfile PEM --keyfile PEM``: the same Python body, with ``ssl=`` an
+``ssl.SSLContext`` (``PROTOCOL_TLS_SERVER``, TLS 1.3 only, the stdlib's defaults
+otherwise) passed to the loop's ``create_server``; the TLS layer is the loop's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,15 +28,31 @@ LOOPS = ('oxloop', 'uvloop', 'asyncio')
 BACKLOG = 1024
 
 
-def parse_args(description: str, unix: bool = True) -> argparse.Namespace:
+def parse_args(description: str, unix: bool = True, tls: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument('--loop', choices=LOOPS, required=True)
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--port', type=int, default=0, help='TCP/UDP port (default 0: any free one)')
     if unix:
         p.add_argument('--unix', metavar='PATH', help='listen on this Unix socket path instead')
+    if tls:
+        p.add_argument('--certfile', metavar='PEM', help='serve TLS with this certificate (chain)')
+        p.add_argument('--keyfile', metavar='PEM', help="and this private key (the certificate's)")
     p.add_argument('--max-seconds', type=float, default=900.0, help='exit after this long (default 900)')
-    return p.parse_args()
+    args = p.parse_args()
+    if tls and (args.certfile is None) != (args.keyfile is None):
+        p.error('TLS needs both --certfile and --keyfile')
+    return args
+
+
+def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's SSLContext when --certfile/--keyfile were given, else None (plain)."""
+    if getattr(args, 'certfile', None) is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(args.certfile, args.keyfile)
+    return ctx
 
 
 def new_loop(name: str) -> asyncio.AbstractEventLoop:

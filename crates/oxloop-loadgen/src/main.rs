@@ -17,6 +17,12 @@
 //!
 //! Everything runs on one thread with epoll (level-triggered), so the generator costs
 //! one CPU at most; `benches/net.py` pins it to a CPU other than the server's.
+//!
+//! `--tls` runs the same echo over TLS 1.3 (the system's libssl through the `openssl`
+//! crate), verifying the server's certificate against `--ca` and its name against
+//! `--server-name`. Every handshake completes before the first request; the measured
+//! window has only records. OpenSSL works on memory buffers (`oxloop_loadgen::tls`):
+//! one `read` and one `write` per round trip, as in the plain mode.
 
 use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read, Write};
@@ -26,7 +32,9 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::SslContext;
 use oxloop_core::buffers::PageBuf;
+use oxloop_loadgen::tls::{self, Decrypted, Filled, Tls};
 
 const USAGE: &str = "\
 usage: oxloop-loadgen --mode tcp|unix|udp --addr HOST:PORT|PATH [options]
@@ -43,6 +51,17 @@ usage: oxloop-loadgen --mode tcp|unix|udp --addr HOST:PORT|PATH [options]
   --reconnect        tcp, unix: a new connection for every request (connect, send, read the
                      echo, close), i.e. connection churn; closed with SO_LINGER 0 (a reset),
                      so that thousands of closes per second leave no TIME_WAIT behind
+  --tls              tcp, unix: TLS 1.3 over every connection (the handshakes complete before
+                     the first request); the server's certificate is verified
+  --ca FILE          with --tls: the CA certificate(s) (PEM) to verify the server against
+  --server-name NAME with --tls: the name sent as SNI and checked in the certificate
+                     (default localhost)
+  --sync-stdin       for counting the server's work exactly (benches/instructions.py): once
+                     every connection is open (and its handshake done), print `connected` on
+                     stderr and wait for a line on stdin before the first request; at the
+                     window's end, start no new request, let those in flight complete (they
+                     count), print `finished` on stderr and wait for a line on stdin before
+                     closing the connections
 
 Before the measured connections open, one extra connection (tcp, unix) sends one message,
 reads its echo and closes: a server process then has seen a connection close, as a
@@ -85,6 +104,10 @@ struct Config {
     connect_timeout: f64,
     prime: bool,
     reconnect: bool,
+    tls: bool,
+    ca: Option<String>,
+    server_name: String,
+    sync_stdin: bool,
 }
 
 fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String> {
@@ -100,6 +123,10 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
     let mut connect_timeout = 5.0f64;
     let mut prime = true;
     let mut reconnect = false;
+    let mut tls = false;
+    let mut ca = None;
+    let mut server_name = "localhost".to_string();
+    let mut sync_stdin = false;
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
             return Err(String::new());
@@ -110,6 +137,14 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
         }
         if arg == "--reconnect" {
             reconnect = true;
+            continue;
+        }
+        if arg == "--tls" {
+            tls = true;
+            continue;
+        }
+        if arg == "--sync-stdin" {
+            sync_stdin = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -124,6 +159,8 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
                 });
             }
             "--addr" => addr = Some(value.clone()),
+            "--ca" => ca = Some(value.clone()),
+            "--server-name" => server_name = value.clone(),
             "--conns" => conns = value.parse().map_err(|_| bad("expected a count"))?,
             "--size" => size = value.parse().map_err(|_| bad("expected a byte count"))?,
             "--warmup" => warmup = value.parse().map_err(|_| bad("expected seconds"))?,
@@ -147,6 +184,12 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
     }
     if mode == Mode::Udp && reconnect {
         return Err("--reconnect is for tcp and unix".into());
+    }
+    if tls && (mode == Mode::Udp || reconnect) {
+        return Err("--tls is for tcp and unix, without --reconnect".into());
+    }
+    if tls && ca.is_none() {
+        return Err("--tls needs --ca FILE (the CA that signed the server's certificate)".into());
     }
     if mode == Mode::Udp && size > 65507 {
         return Err("--size: a UDP datagram holds at most 65507 bytes".into());
@@ -178,6 +221,10 @@ fn parse_args<I: Iterator<Item = String>>(mut args: I) -> Result<Config, String>
         connect_timeout,
         prime,
         reconnect,
+        tls,
+        ca,
+        server_name,
+        sync_stdin,
     })
 }
 
@@ -286,6 +333,13 @@ fn runqueue_wait_seconds(pid: Option<u32>) -> Option<f64> {
 enum Sock {
     Stream(Box<dyn StreamSock>),
     Udp(UdpSocket),
+    Tls(Box<TlsSock>),
+}
+
+/// A stream socket and the TLS session over it.
+struct TlsSock {
+    stream: Box<dyn StreamSock>,
+    tls: Tls,
 }
 
 trait StreamSock: Read + Write + AsRawFd {}
@@ -297,11 +351,73 @@ impl Sock {
         match self {
             Sock::Stream(s) => s.as_raw_fd(),
             Sock::Udp(s) => s.as_raw_fd(),
+            Sock::Tls(t) => t.stream.as_raw_fd(),
         }
     }
 }
 
-fn connect(cfg: &Config, udp_target: Option<SocketAddr>) -> io::Result<Sock> {
+/// Waits (poll) until `fd` is ready for `events` or `deadline` passes.
+fn wait_ready(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(ErrorKind::TimedOut, "timed out"));
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The TLS handshake on a fresh non-blocking stream, driven to completion with poll.
+fn tls_handshake(stream: Box<dyn StreamSock>, ctx: &SslContext, cfg: &Config) -> io::Result<Sock> {
+    let fd = stream.as_raw_fd();
+    let mut tls = Tls::client(ctx, &cfg.server_name).map_err(io::Error::other)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.timeout);
+    loop {
+        let done = tls.handshake().map_err(io::Error::other)?;
+        while !tls.flush(fd)? {
+            wait_ready(fd, libc::POLLOUT, deadline)?;
+        }
+        if done {
+            return Ok(Sock::Tls(Box::new(TlsSock { stream, tls })));
+        }
+        match tls.fill(fd)? {
+            Filled::Bytes { .. } => {}
+            Filled::WouldBlock => wait_ready(fd, libc::POLLIN, deadline)?,
+            Filled::Eof => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the TLS handshake",
+                ))
+            }
+        }
+    }
+}
+
+fn connect(
+    cfg: &Config,
+    udp_target: Option<SocketAddr>,
+    tls: Option<&SslContext>,
+) -> io::Result<Sock> {
+    let sock = connect_plain(cfg, udp_target)?;
+    match (sock, tls) {
+        (Sock::Stream(stream), Some(ctx)) => tls_handshake(stream, ctx, cfg),
+        (sock, _) => Ok(sock),
+    }
+}
+
+fn connect_plain(cfg: &Config, udp_target: Option<SocketAddr>) -> io::Result<Sock> {
     let timeout = Duration::from_secs_f64(cfg.connect_timeout);
     let deadline = Instant::now() + timeout;
     loop {
@@ -380,10 +496,13 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
 }
 
 /// One blocking round trip on a throwaway connection, which is then closed.
-fn prime(cfg: &Config) -> Result<(), String> {
-    let sock = connect(cfg, None).map_err(|e| format!("connect to {} (prime): {e}", cfg.addr))?;
-    let Sock::Stream(mut stream) = sock else {
-        return Ok(());
+fn prime(cfg: &Config, tls: Option<&SslContext>) -> Result<(), String> {
+    let sock =
+        connect(cfg, None, tls).map_err(|e| format!("connect to {} (prime): {e}", cfg.addr))?;
+    let mut stream = match sock {
+        Sock::Stream(stream) => stream,
+        Sock::Tls(t) => return prime_tls(cfg, *t),
+        Sock::Udp(_) => return Ok(()),
     };
     let timeout = Duration::from_secs_f64(cfg.timeout);
     let deadline = Instant::now() + timeout;
@@ -423,6 +542,52 @@ fn prime(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `prime` over TLS: one echo, then a close_notify and the close.
+fn prime_tls(cfg: &Config, mut t: TlsSock) -> Result<(), String> {
+    let fd = t.stream.as_raw_fd();
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.timeout);
+    let mut msg: Vec<u8> = (0..cfg.size).map(|j| pattern_byte(u32::MAX, j)).collect();
+    write_header(&mut msg, u32::MAX, 0);
+    let mut echo = vec![0u8; cfg.size + 1];
+    let mut got = 0;
+    t.tls.encrypt(&msg).map_err(|e| format!("prime: {e}"))?;
+    while got < cfg.size {
+        let sent = t.tls.flush(fd).map_err(|e| format!("prime: send: {e}"))?;
+        let filled = t.tls.fill(fd).map_err(|e| format!("prime: recv: {e}"))?;
+        match t.tls.decrypt(&mut echo[got..]) {
+            Ok(Decrypted::More(n) | Decrypted::Full(n)) => got += n,
+            Ok(Decrypted::Closed(_)) => {
+                return Err("prime: the server closed the connection".into())
+            }
+            Err(e) => return Err(format!("prime: {e}")),
+        }
+        if got >= cfg.size {
+            break;
+        }
+        if filled == Filled::Eof {
+            return Err("prime: the server closed the connection".into());
+        }
+        if filled == Filled::WouldBlock {
+            let events = if sent {
+                libc::POLLIN
+            } else {
+                libc::POLLIN | libc::POLLOUT
+            };
+            wait_ready(fd, events, deadline)
+                .map_err(|_| format!("prime: no echo within {:.1} s", cfg.timeout))?;
+        }
+    }
+    if echo[..got] != msg[..] {
+        return Err("prime: the echo differs from the message".into());
+    }
+    t.tls.close_notify();
+    let _ = t.tls.flush(fd);
+    drop(t);
+    // Let the server see the close before the measured connections arrive.
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(())
+}
+
 struct Conn {
     sock: Sock,
     id: u32,
@@ -434,6 +599,8 @@ struct Conn {
     started: Instant,
     want_write: bool,
     alive: bool,
+    /// A request is in flight.
+    busy: bool,
 }
 
 /// The message's fixed part: byte i of connection `id` (the header is overwritten).
@@ -476,6 +643,8 @@ struct Run {
     error_samples: Vec<String>,
     latencies_us: Vec<u32>,
     record_latency: bool,
+    /// `--sync-stdin` after the window: complete the requests in flight, start none.
+    draining: bool,
 }
 
 enum Step {
@@ -518,6 +687,7 @@ impl Run {
         conn.sent = 0;
         conn.recvd = 0;
         conn.started = now;
+        conn.busy = true;
         self.flush(idx);
     }
 
@@ -555,8 +725,21 @@ impl Run {
                     Err(e) => break Err(e),
                 }
             },
+            Sock::Tls(t) => {
+                // The memory buffer takes the whole message at once: encrypt it, then
+                // one write of the records (the rest on EPOLLOUT).
+                let encrypted = if conn.sent < conn.msg.len() {
+                    let r = t.tls.encrypt(&conn.msg[conn.sent..]);
+                    conn.sent = conn.msg.len();
+                    r.map_err(io::Error::other)
+                } else {
+                    Ok(())
+                };
+                encrypted.and_then(|()| t.tls.flush(t.stream.as_raw_fd()).map(|_| ()))
+            }
         };
-        let pending = conn.sent < conn.msg.len();
+        let pending =
+            conn.sent < conn.msg.len() || matches!(&conn.sock, Sock::Tls(t) if t.tls.wants_write());
         if let Err(e) = result {
             self.fail(idx, format!("send: {e}"));
             return;
@@ -593,6 +776,10 @@ impl Run {
         }
         self.counters.requests += 1;
         self.counters.bytes += size as u64;
+        self.conns[idx].busy = false;
+        if self.draining {
+            return Ok(());
+        }
         if self.cfg.reconnect {
             self.reconnect(idx)?;
         }
@@ -603,7 +790,7 @@ impl Run {
     /// `--reconnect`: replaces the connection with a new one; the old one is reset
     /// (SO_LINGER 0) as it is dropped, leaving no TIME_WAIT.
     fn reconnect(&mut self, idx: usize) -> Result<(), String> {
-        let sock = connect(&self.cfg, None).map_err(|e| format!("reconnect: {e}"))?;
+        let sock = connect(&self.cfg, None, None).map_err(|e| format!("reconnect: {e}"))?;
         self.ep
             .ctl(
                 libc::EPOLL_CTL_ADD,
@@ -670,7 +857,59 @@ impl Run {
                     Err(e) => break Err(format!("recv: {e}")),
                 }
             },
+            Sock::Tls(t) => loop {
+                // One read of what the kernel has, then every record in it decrypted.
+                let fd = t.stream.as_raw_fd();
+                let filled = match t.tls.fill(fd) {
+                    Ok(f) => f,
+                    Err(e) => break Err(format!("recv: {e}")),
+                };
+                let closed = match t.tls.decrypt(&mut conn.buf[conn.recvd..]) {
+                    Ok(Decrypted::More(n) | Decrypted::Full(n)) => {
+                        conn.recvd += n;
+                        false
+                    }
+                    Ok(Decrypted::Closed(n)) => {
+                        conn.recvd += n;
+                        true
+                    }
+                    Err(e) => break Err(e),
+                };
+                if t.tls.wants_write() {
+                    // OpenSSL answered something (a key update): send it along.
+                    if let Err(e) = t.tls.flush(fd) {
+                        break Err(format!("send: {e}"));
+                    }
+                }
+                if conn.recvd > size {
+                    break Err(format!(
+                        "echoed {} bytes for a {size}-byte message",
+                        conn.recvd
+                    ));
+                }
+                if conn.recvd == size {
+                    if conn.sent < size {
+                        break Err("echo complete before the message was sent".into());
+                    }
+                    break Ok(Step::Done);
+                }
+                match filled {
+                    _ if closed => break Err("the server closed the TLS session".into()),
+                    Filled::Eof => break Err("the server closed the connection".into()),
+                    Filled::Bytes { full: true, .. } => {}
+                    Filled::Bytes { full: false, .. } | Filled::WouldBlock => {
+                        break Ok(Step::Pending)
+                    }
+                }
+            },
         };
+        if matches!(&self.conns[idx].sock, Sock::Tls(t) if t.tls.wants_write()) {
+            // Records OpenSSL produced while reading that the socket did not take yet.
+            if let Err(e) = self.set_interest(idx, true) {
+                self.fail(idx, format!("epoll_ctl: {e}"));
+                return;
+            }
+        }
         match step {
             Ok(Step::Pending) => {}
             Ok(Step::Done) => {
@@ -699,7 +938,7 @@ impl Run {
         let timeout = Duration::from_secs_f64(self.cfg.timeout);
         for idx in 0..self.conns.len() {
             let conn = &self.conns[idx];
-            if !conn.alive || now.duration_since(conn.started) < timeout {
+            if !conn.alive || !conn.busy || now.duration_since(conn.started) < timeout {
                 continue;
             }
             if conn.sock_is_stream() {
@@ -720,7 +959,7 @@ impl Run {
 
 impl Conn {
     fn sock_is_stream(&self) -> bool {
-        matches!(self.sock, Sock::Stream(_))
+        matches!(self.sock, Sock::Stream(_) | Sock::Tls(_))
     }
 }
 
@@ -780,14 +1019,18 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
     } else {
         None
     };
+    let tls_ctx = match (&cfg.tls, &cfg.ca) {
+        (true, Some(ca)) => Some(tls::client_context(ca)?),
+        _ => None,
+    };
     if cfg.prime && cfg.mode != Mode::Udp {
-        prime(&cfg)?;
+        prime(&cfg, tls_ctx.as_ref())?;
     }
     let now = Instant::now();
     let mut conns = Vec::with_capacity(cfg.conns);
     for i in 0..cfg.conns {
-        let sock =
-            connect(&cfg, udp_target).map_err(|e| format!("connect to {} ({i}): {e}", cfg.addr))?;
+        let sock = connect(&cfg, udp_target, tls_ctx.as_ref())
+            .map_err(|e| format!("connect to {} ({i}): {e}", cfg.addr))?;
         let id = u32::try_from(i).map_err(|_| "too many connections")?;
         ep.ctl(
             libc::EPOLL_CTL_ADD,
@@ -813,7 +1056,19 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
             started: now,
             want_write: false,
             alive: true,
+            busy: false,
         });
+    }
+    let tls_version = match conns.first().map(|c: &Conn| &c.sock) {
+        Some(Sock::Tls(t)) => Some(t.tls.describe()),
+        _ => None,
+    };
+    if cfg.sync_stdin {
+        eprintln!("connected");
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("stdin: {e}"))?;
     }
     let mut run = Run {
         cfg: cfg.clone(),
@@ -823,6 +1078,7 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
         error_samples: Vec::new(),
         latencies_us: Vec::with_capacity(1 << 16),
         record_latency: false,
+        draining: false,
     };
 
     let t0 = Instant::now();
@@ -854,7 +1110,13 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
             run.record_latency = true;
         }
         if now >= end_at {
-            break snapshot(&run, now);
+            if !cfg.sync_stdin {
+                break snapshot(&run, now);
+            }
+            run.draining = true;
+            if !run.conns.iter().any(|c| c.alive && c.busy) {
+                break snapshot(&run, now);
+            }
         }
         if !run.conns.iter().any(|c| c.alive) {
             break snapshot(&run, now);
@@ -885,6 +1147,13 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
             }
         }
     };
+    if cfg.sync_stdin {
+        eprintln!("finished");
+        let mut line = String::new();
+        io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("stdin: {e}"))?;
+    }
     let start = match start {
         Some(s) => {
             warmup_requests = s.requests;
@@ -920,7 +1189,7 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
         out,
         "{{\"mode\":{},\"addr\":{},\"conns\":{},\"conns_alive\":{},\"size\":{},\"warmup\":{},\"seconds\":{:.6},\
          \"requests\":{},\"bytes\":{},\"warmup_requests\":{},\"errors\":{},\"errors_in_window\":{},\"lost\":{},\
-         \"stale\":{},\"server_pid\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"server_wait_s\":{},\"client_wait_s\":{},\"verify_every\":{},\"reconnect\":{},\
+         \"stale\":{},\"server_pid\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"server_wait_s\":{},\"client_wait_s\":{},\"verify_every\":{},\"reconnect\":{},\"tls\":{},\
          \"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}},\"error_samples\":[{}]}}",
         json_string(cfg.mode.name()),
         json_string(&cfg.addr),
@@ -943,6 +1212,7 @@ fn run(cfg: Config) -> Result<(String, u64), String> {
         json_opt(delta(start.client_wait, end.client_wait)),
         cfg.verify_every,
         cfg.reconnect,
+        tls_version.as_deref().map_or("null".to_string(), json_string),
         lat_json(50.0),
         lat_json(90.0),
         lat_json(99.0),
@@ -1005,6 +1275,10 @@ mod tests {
             connect_timeout: 2.0,
             prime: true,
             reconnect: false,
+            tls: false,
+            ca: None,
+            server_name: "localhost".into(),
+            sync_stdin: false,
         }
     }
 

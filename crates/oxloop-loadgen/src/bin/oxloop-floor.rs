@@ -8,9 +8,15 @@
 //! ceiling any event loop can reach on this machine; `benches/net.py` reports it
 //! beside the loops as `floor`.
 //!
+//! With `--certfile PEM --keyfile PEM` (tcp, unix) it is the TLS floor: the same echo
+//! over TLS 1.3 with the system's libssl (the `openssl` crate), on memory buffers
+//! (`oxloop_loadgen::tls`) as asyncio's `sslproto` and uvloop drive it: one `read` of
+//! everything the socket has, every record decrypted, the echo encrypted as one batch,
+//! one `write`.
+//!
 //! Same command line and start-up line as the Python servers:
 //! `oxloop-floor --mode tcp|unix|udp|http [--host H] [--port P] [--unix PATH]
-//! [--max-seconds S]`, then `ready <address>` on stdout.
+//! [--certfile PEM --keyfile PEM] [--max-seconds S]`, then `ready <address>` on stdout.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -20,7 +26,9 @@ use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::SslContext;
 use oxloop_core::buffers::PageBuf;
+use oxloop_loadgen::tls::{self, Decrypted, Filled, Tls};
 
 /// What one read takes at most: asyncio's `max_size`.
 const READ_SIZE: usize = 256 * 1024;
@@ -40,6 +48,8 @@ struct Config {
     host: String,
     port: u16,
     unix: Option<String>,
+    certfile: Option<String>,
+    keyfile: Option<String>,
     max_seconds: f64,
 }
 
@@ -49,6 +59,8 @@ fn parse_args() -> Result<Config, String> {
         host: "127.0.0.1".into(),
         port: 0,
         unix: None,
+        certfile: None,
+        keyfile: None,
         max_seconds: 900.0,
     };
     let mut args = std::env::args().skip(1);
@@ -67,6 +79,8 @@ fn parse_args() -> Result<Config, String> {
             "--host" => cfg.host = value()?,
             "--port" => cfg.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
             "--unix" => cfg.unix = Some(value()?),
+            "--certfile" => cfg.certfile = Some(value()?),
+            "--keyfile" => cfg.keyfile = Some(value()?),
             "--max-seconds" => {
                 cfg.max_seconds = value()?
                     .parse()
@@ -77,6 +91,12 @@ fn parse_args() -> Result<Config, String> {
     }
     if cfg.mode == Mode::Unix && cfg.unix.is_none() {
         return Err("--mode unix needs --unix PATH".into());
+    }
+    if cfg.certfile.is_some() != cfg.keyfile.is_some() {
+        return Err("TLS needs both --certfile and --keyfile".into());
+    }
+    if cfg.certfile.is_some() && !matches!(cfg.mode, Mode::Tcp | Mode::Unix) {
+        return Err("TLS (--certfile) is for --mode tcp and unix".into());
     }
     Ok(cfg)
 }
@@ -127,12 +147,20 @@ impl Drop for Epoll {
     }
 }
 
-/// A stream connection: the socket, unsent output, and (HTTP) the tail of the last
-/// read, so a request head split across reads is still counted once.
+/// A stream connection: the socket, unsent output, (HTTP) the tail of the last
+/// read, so a request head split across reads is still counted once, and (TLS) the
+/// session, which holds its own unsent records.
 struct Conn {
     stream: Box<dyn Stream>,
     pending: Vec<u8>,
     tail: Vec<u8>,
+    tls: Option<Tls>,
+}
+
+impl Conn {
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.tls.as_ref().is_some_and(Tls::wants_write)
+    }
 }
 
 trait Stream: Read + Write + AsRawFd {}
@@ -189,8 +217,46 @@ impl Listener {
     }
 }
 
+/// TLS: one read, the handshake or every record decrypted and echoed as one batch of
+/// records, one write; `false` when the connection is done.
+fn on_readable_tls(fd: RawFd, tls: &mut Tls, buf: &mut [u8]) -> bool {
+    match tls.fill(fd) {
+        Ok(Filled::Bytes { .. }) => {}
+        Ok(Filled::WouldBlock) => return true,
+        Ok(Filled::Eof) | Err(_) => return false,
+    }
+    match tls.handshake() {
+        Ok(true) => {}
+        Ok(false) => return tls.flush(fd).is_ok(),
+        Err(_) => return false,
+    }
+    let mut got = 0;
+    let open = loop {
+        match tls.decrypt(&mut buf[got..]) {
+            Ok(Decrypted::More(n)) => break (got + n, true),
+            Ok(Decrypted::Closed(n)) => break (got + n, false),
+            Ok(Decrypted::Full(n)) => {
+                // Not seen with 256 KiB reads: echo this much, then go on.
+                if tls.encrypt(&buf[..got + n]).is_err() {
+                    return false;
+                }
+                got = 0;
+            }
+            Err(_) => return false,
+        }
+    };
+    let (got, open) = open;
+    if got > 0 && tls.encrypt(&buf[..got]).is_err() {
+        return false;
+    }
+    open && tls.flush(fd).is_ok()
+}
+
 /// Echoes (or answers) what `conn` has to read; `false` when the connection is done.
 fn on_readable(conn: &mut Conn, buf: &mut [u8], mode: Mode, response: &[u8]) -> bool {
+    if let Some(tls) = &mut conn.tls {
+        return on_readable_tls(conn.stream.as_raw_fd(), tls, buf);
+    }
     let n = match conn.stream.read(buf) {
         Ok(0) => return false,
         Ok(n) => n,
@@ -223,6 +289,9 @@ fn on_readable(conn: &mut Conn, buf: &mut [u8], mode: Mode, response: &[u8]) -> 
 
 /// Sends what is pending; `false` when the connection is done.
 fn on_writable(conn: &mut Conn) -> bool {
+    if let Some(tls) = &mut conn.tls {
+        return tls.flush(conn.stream.as_raw_fd()).is_ok();
+    }
     match conn.stream.write(&conn.pending) {
         Ok(sent) => {
             conn.pending.drain(..sent);
@@ -232,7 +301,12 @@ fn on_writable(conn: &mut Conn) -> bool {
     }
 }
 
-fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Result<()> {
+fn serve_streams(
+    listener: &Listener,
+    mode: Mode,
+    tls_ctx: Option<&SslContext>,
+    deadline: Instant,
+) -> io::Result<()> {
     let epoll = Epoll::new()?;
     let lfd = listener.fd();
     epoll.ctl(libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32, LISTENER)?;
@@ -248,6 +322,13 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
             let token = ev.u64;
             if token == LISTENER {
                 while let Ok(stream) = listener.accept() {
+                    let tls = match tls_ctx.map(Tls::server).transpose() {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            eprintln!("oxloop-floor: {e}");
+                            continue;
+                        }
+                    };
                     let fd = stream.as_raw_fd();
                     let token = u64::try_from(fd).unwrap_or_default();
                     epoll.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)?;
@@ -257,6 +338,7 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
                             stream,
                             pending: Vec::new(),
                             tail: Vec::new(),
+                            tls,
                         },
                     );
                 }
@@ -265,7 +347,7 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
             let Some(conn) = conns.get_mut(&token) else {
                 continue;
             };
-            let had_pending = !conn.pending.is_empty();
+            let had_pending = conn.has_pending();
             let mut alive = true;
             if ev.events & libc::EPOLLOUT as u32 != 0 {
                 alive = on_writable(conn);
@@ -282,7 +364,7 @@ fn serve_streams(listener: &Listener, mode: Mode, deadline: Instant) -> io::Resu
             }
             let fd = conn.stream.as_raw_fd();
             // Stop reading while output is pending (a simple flow control).
-            match (had_pending, conn.pending.is_empty()) {
+            match (had_pending, !conn.has_pending()) {
                 (false, false) => {
                     epoll.ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT as u32, token)?
                 }
@@ -327,6 +409,10 @@ fn serve_udp(sock: &UdpSocket, deadline: Instant) -> io::Result<()> {
 
 fn run(cfg: &Config) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(cfg.max_seconds);
+    let tls_ctx = match (&cfg.certfile, &cfg.keyfile) {
+        (Some(cert), Some(key)) => Some(tls::server_context(cert, key).map_err(io::Error::other)?),
+        _ => None,
+    };
     let stdout = &mut io::stdout();
     match cfg.mode {
         Mode::Udp => {
@@ -343,7 +429,12 @@ fn run(cfg: &Config) -> io::Result<()> {
             listener.set_nonblocking(true)?;
             writeln!(stdout, "ready {path}")?;
             stdout.flush()?;
-            let result = serve_streams(&Listener::Unix(listener), cfg.mode, deadline);
+            let result = serve_streams(
+                &Listener::Unix(listener),
+                cfg.mode,
+                tls_ctx.as_ref(),
+                deadline,
+            );
             let _ = std::fs::remove_file(path);
             result
         }
@@ -352,7 +443,12 @@ fn run(cfg: &Config) -> io::Result<()> {
             listener.set_nonblocking(true)?;
             writeln!(stdout, "ready {}", listener.local_addr()?)?;
             stdout.flush()?;
-            serve_streams(&Listener::Tcp(listener), cfg.mode, deadline)
+            serve_streams(
+                &Listener::Tcp(listener),
+                cfg.mode,
+                tls_ctx.as_ref(),
+                deadline,
+            )
         }
     }
 }

@@ -1,0 +1,3 @@
+//! The parts that `oxloop-loadgen` and `oxloop-floor` share.
+
+pub mod tls;
