@@ -27,6 +27,7 @@ instructions than uvloop).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -101,6 +102,10 @@ def measure(case: net.Case, contestant: net.Contestant, settings: net.Settings, 
     finally:
         net.stop(server.proc, grace=5.0)
     ir = totals(out_dir)
+    keep = os.environ.get('OXLOOP_KEEP_CALLGRIND')  # a directory: keep the profiles there
+    if keep:
+        for f in out_dir.iterdir():
+            shutil.copy(f, Path(keep) / f'{case.name}.{contestant.name}.{f.name}')
     shutil.rmtree(out_dir, ignore_errors=True)
     if not requests or not ir:
         raise RuntimeError(f'nothing counted ({requests} requests, {ir} Ir)')

@@ -394,24 +394,13 @@ impl SslProtocol {
 
     /// CPython: `buffer_updated` after the data went into the incoming BIO.
     pub(super) fn on_incoming(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let result = match slf.get().phase(py) {
+        match slf.get().phase(slf.py()) {
             Phase::DoHandshake => Self::do_handshake(slf),
             Phase::Wrapped => Self::do_read(slf),
             Phase::Flushing => Self::do_flush(slf),
             Phase::Shutdown => Self::do_shutdown(slf),
             Phase::Unwrapped => Ok(()),
-        };
-        if let Err(e) = result {
-            if e.is_instance_of::<PyException>(py) {
-                // `except Exception: self._transport.close(); raise`
-                if let Some(t) = slf.get().transport(py) {
-                    t.call_method0(intern!(py, "close"))?;
-                }
-            }
-            return Err(e);
         }
-        Ok(())
     }
 
     /// Copies bytes oxloop's socket transport read into the incoming BIO; the
@@ -1362,7 +1351,6 @@ impl SslProtocol {
         let (app_transport, call_lost) = {
             let mut st = this.st.borrow_mut(py);
             st.conn_lost += 1;
-            st.write_buffer_size = 0;
             let call_lost = st.phase != Phase::DoHandshake
                 && matches!(st.app_state, AppState::ConMade | AppState::Eof);
             if call_lost {
