@@ -436,11 +436,12 @@ impl SslProtocol {
             (st.app_reading_paused, st.app_is_buffer)
         };
         let result = (|| {
+            let mut drained = false;
             if !paused {
                 if is_buffer {
                     Self::do_read_buffered(slf)?;
                 } else {
-                    Self::do_read_copied(slf)?;
+                    drained = Self::do_read_copied(slf)?;
                 }
                 if this.st.borrow_mut(py).write_backlog.is_empty() {
                     Self::process_outgoing(slf)?;
@@ -448,7 +449,9 @@ impl SslProtocol {
                     Self::do_write(slf)?;
                 }
             }
-            Self::control_ssl_reading(slf)
+            // A BIO found empty stays empty while the app runs (nothing it does
+            // adds ciphertext to it; a nested read only takes).
+            Self::control_ssl_reading(slf, drained.then_some(0))
         })();
         match result {
             Err(e) if e.is_instance_of::<PyException>(py) => Self::fatal_error(
@@ -463,8 +466,9 @@ impl SslProtocol {
     /// CPython: `_do_read__copied`, decrypting every record available into one
     /// `bytes`: `SSLObject.read(n, buffer)` writes into a view of a fresh `bytes`
     /// sized by the ciphertext in the BIO (never shorter than its plaintext), grown
-    /// if OpenSSL has more and shrunk to what was read.
-    fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// if OpenSSL has more and shrunk to what was read. True when it left the
+    /// incoming BIO empty.
+    fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let fixed = slf.get().fixed(py)?;
         let io = &fixed.io;
@@ -472,6 +476,7 @@ impl SslProtocol {
         let mut cap = 0usize;
         let mut len = 0usize;
         let mut eof = false;
+        let mut drained = false;
         let mut want = io.incoming_pending(py)?.clamp(1, MAX_SIZE);
         loop {
             let buf = match data.take() {
@@ -514,6 +519,7 @@ impl SslProtocol {
             // (`pending()`): ask again, for up to a whole record.
             let avail = io.incoming_pending(py)?;
             if avail == 0 && n < want {
+                drained = true;
                 break;
             }
             want = if avail == 0 {
@@ -534,7 +540,7 @@ impl SslProtocol {
             Self::call_eof_received(slf)?;
             Self::start_shutdown(slf)?;
         }
-        Ok(())
+        Ok(drained)
     }
 
     /// CPython: `_do_read__buffered`.
@@ -1070,10 +1076,14 @@ impl SslProtocol {
     }
 
     /// CPython: `_control_ssl_reading`.
-    fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// `incoming`: the incoming BIO's size when known.
+    fn control_ssl_reading(slf: &Bound<'_, Self>, incoming: Option<usize>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size = this.fixed(py)?.io.incoming_pending(py)? as f64;
+        let size = match incoming {
+            Some(n) => n,
+            None => this.fixed(py)?.io.incoming_pending(py)?,
+        } as f64;
         let method = {
             let mut st = this.st.borrow_mut(py);
             if size >= st.incoming_marks.high_f && !st.ssl_reading_paused {
@@ -1642,7 +1652,7 @@ impl SslProtocol {
     }
 
     fn _control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::control_ssl_reading(slf)
+        Self::control_ssl_reading(slf, None)
     }
 
     fn _get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
@@ -1885,7 +1895,7 @@ impl SslTransport {
     ) -> PyResult<()> {
         let protocol = self.protocol(py)?;
         protocol.get()._set_read_buffer_limits(py, high, low)?;
-        SslProtocol::control_ssl_reading(&protocol)
+        SslProtocol::control_ssl_reading(&protocol, None)
     }
 
     fn get_read_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
