@@ -63,6 +63,8 @@ import_cache! {
     asyncio_timer_handle => "asyncio.events" . "TimerHandle";
     /// `asyncio.trsock.TransportSocket`.
     transport_socket => "asyncio.trsock" . "TransportSocket";
+    /// `socket.socket`, the one type whose raw fd the fast paths may use.
+    socket_class => "socket" . "socket";
     /// `_socket.socket`, the C socket type under `socket.socket`.
     raw_socket_type => "_socket" . "socket";
     /// `asyncio.futures._set_result_unless_cancelled`.
@@ -215,22 +217,23 @@ pub mod names {
 /// `Server._attach()` for a transport the server accepted: CPython 3.13 passes the
 /// transport (`Server._clients`, for `close_clients()`), earlier versions count.
 pub fn server_attach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = server.py();
-    if py313(py) {
-        server.call_method1(pyo3::intern!(py, "_attach"), (transport,))?;
-    } else {
-        server.call_method0(pyo3::intern!(py, "_attach"))?;
-    }
-    Ok(())
+    server_count(server, pyo3::intern!(server.py(), "_attach"), transport)
 }
 
 /// `Server._detach()`, the counterpart of [`server_attach`].
 pub fn server_detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = server.py();
-    if py313(py) {
-        server.call_method1(pyo3::intern!(py, "_detach"), (transport,))?;
+    server_count(server, pyo3::intern!(server.py(), "_detach"), transport)
+}
+
+fn server_count(
+    server: &Bound<'_, PyAny>,
+    method: &Bound<'_, pyo3::types::PyString>,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if py313(server.py()) {
+        server.call_method1(method, (transport,))?;
     } else {
-        server.call_method0(pyo3::intern!(py, "_detach"))?;
+        server.call_method0(method)?;
     }
     Ok(())
 }
@@ -350,15 +353,6 @@ pub fn raw_socket_triple(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
 }
 
 // ----- socket internals ---------------------------------------------------------
-
-/// `socket.socket`, the one type whose raw fd the fast paths may use.
-fn socket_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind())
-    })
-    .map(|c| c.bind(py))
-}
 
 /// `type(obj) is socket.socket`: the stdlib loop calls the object's own methods
 /// (`recv`, `send`, ...), so a subclass or a duck type (a pyOpenSSL `Connection`,
