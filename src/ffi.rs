@@ -481,3 +481,18 @@ pub unsafe fn borrowed_view<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound
         )
     }
 }
+
+/// Copies `src` into `bytes[offset..]`, a `bytes` made by [`new_bytes_to_fill`].
+///
+/// # Safety
+/// As [`writable_view`]: `bytes` unshared and `offset + src.len()` within its size.
+pub unsafe fn fill_bytes(bytes: &Bound<'_, PyAny>, offset: usize, src: &[u8]) {
+    // SAFETY: per the contract, the destination range lies in the object's storage
+    // and cannot overlap `src` (another object's).
+    unsafe {
+        let dst = ffi::PyBytes_AsString(bytes.as_ptr())
+            .add(offset)
+            .cast::<u8>();
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+    }
+}

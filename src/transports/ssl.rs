@@ -46,6 +46,10 @@ const MAX_SIZE: usize = 256 * 1024;
 /// The most plaintext one TLS record carries (RFC 8446, 5.1).
 const RECORD_PLAINTEXT_MAX: usize = 16 * 1024;
 
+/// The most one TLS record takes on the wire (a 5-byte header and up to 2^14 + 256
+/// bytes of ciphertext, RFC 8446, 5.2).
+const RECORD_CIPHERTEXT_MAX: usize = RECORD_PLAINTEXT_MAX + 256 + 5;
+
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -115,6 +119,8 @@ impl Marks {
 /// vectorcall.
 struct SslIo {
     sslobj: Py<PyAny>,
+    /// The methods are the C object's (whose `read(n)` returns a `bytes`).
+    c_object: bool,
     incoming: Py<PyAny>,
     outgoing: Py<PyAny>,
     read: Py<PyAny>,
@@ -136,6 +142,7 @@ impl SslIo {
         let method = |name: &str| io.getattr(name).map(Bound::unbind);
         Ok(Self {
             sslobj: sslobj.clone().unbind(),
+            c_object: raw,
             incoming: incoming.clone().unbind(),
             outgoing: outgoing.clone().unbind(),
             read: method("read")?,
@@ -478,6 +485,42 @@ impl SslProtocol {
         let mut eof = false;
         let mut drained = false;
         let mut want = io.incoming_pending(py)?.clamp(1, MAX_SIZE);
+        if io.c_object && want <= RECORD_CIPHERTEXT_MAX {
+            // Most events bring one record: `read(n)` returns its `bytes` (no view).
+            let first =
+                match ffi::vectorcall(io.read.bind(py), &[&want.into_pyobject(py)?.into_any()]) {
+                    Ok(b) => b.cast_into::<PyBytes>()?,
+                    Err(e) if is_again(py, &e)? => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+            let n = first.as_bytes().len();
+            let avail = if n == 0 { 0 } else { io.incoming_pending(py)? };
+            if n == 0 || (avail == 0 && n < want) {
+                // close_notify, or drained (see below).
+                if n > 0 {
+                    if let Some(app) = this_app(slf) {
+                        ffi::call_protocol(&app, intern!(py, "data_received"), &[first.as_any()])?;
+                    }
+                    return Ok(true);
+                }
+                Self::call_eof_received(slf)?;
+                Self::start_shutdown(slf)?;
+                return Ok(false);
+            }
+            // More: go on into one buffer that starts with this record.
+            want = if avail == 0 {
+                RECORD_PLAINTEXT_MAX
+            } else {
+                avail.min(MAX_SIZE)
+            };
+            cap = n + want;
+            let buf = ffi::new_bytes_to_fill(py, cap)
+                .ok_or_else(|| pyo3::exceptions::PyMemoryError::new_err(()))?;
+            // SAFETY: `buf` is fresh and unshared; `n <= cap`.
+            unsafe { ffi::fill_bytes(&buf, 0, first.as_bytes()) };
+            data = Some(buf);
+            len = n;
+        }
         loop {
             let buf = match data.take() {
                 None => {
