@@ -12,6 +12,7 @@ that misbehaves on purpose (truncates, stays silent, sends junk between records)
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import hashlib
 import os
@@ -187,7 +188,9 @@ def test_tls_refused_handshake_server_side(loop, debug):
         server, sprotos, addr = await tls_server(loop)
         async with server:
             with pytest.raises(ssl.SSLCertVerificationError):
-                await loop.create_connection(Recorder, *addr, ssl=client_context(ca=OTHER_CA), server_hostname='localhost')
+                await loop.create_connection(
+                    Recorder, *addr, ssl=client_context(ca=OTHER_CA), server_hostname='localhost'
+                )
             if debug:
                 await wait_until(lambda: errors)
             else:
@@ -484,7 +487,7 @@ def test_tls_64mib_each_way_protocol_flow_control(loop):
                     await client.held.wait()
                     before = sprotos[0].pauses
                     assert not tr.is_reading()
-                    await wait_until(lambda: sprotos[0].pauses > before, 10)
+                    await wait_until(lambda before=before: sprotos[0].pauses > before, 10)
                     client.held.clear()
                     tr.resume_reading()
                     assert tr.is_reading()
@@ -534,7 +537,7 @@ def test_tls_server_write_then_close_client_sees_data_eof_lost(loop):
     async def main():
         server, sprotos, addr = await tls_server(loop, WriteThenClose)
         async with server:
-            tr, proto = await loop.create_connection(Recorder, *addr, ssl=client_context(), server_hostname='localhost')
+            _, proto = await loop.create_connection(Recorder, *addr, ssl=client_context(), server_hostname='localhost')
             assert await asyncio.wait_for(proto.lost, 5) is None
             assert proto.calls == [MADE, DATA, EOF, LOST]
             assert proto.data == payload
@@ -633,13 +636,727 @@ def test_tls_truncated_stream(loop):
 
     async def main():
         peer_task = asyncio.ensure_future(in_thread(hand_server, lsock, script))
-        tr, proto = await loop.create_connection(
+        _, proto = await loop.create_connection(
             Recorder, *lsock.getsockname(), ssl=client_context(), server_hostname='localhost'
         )
         await peer_task
         assert await asyncio.wait_for(proto.lost, 5) is None
         assert proto.data == payload
         assert proto.calls == [MADE, DATA, EOF, LOST]
+
+    try:
+        run(loop, main())
+    finally:
+        lsock.close()
+
+
+# --- 6. start_tls ------------------------------------------------------------------------------
+
+
+class LineReader(asyncio.BufferedProtocol):
+    """A plaintext BufferedProtocol that reads exactly one ``line`` (asking for no more
+    bytes than the line still needs, as a careful STARTTLS server does), then pauses
+    reading: whatever the peer sent after the line stays unread for start_tls."""
+
+    def __init__(self, line: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.line = line
+        self.buf = bytearray(len(line))
+        self.got = 0
+        self.transport = None
+        self.done = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return memoryview(self.buf)[self.got :]
+
+    def buffer_updated(self, nbytes):
+        self.got += nbytes
+        if self.got == len(self.line):
+            self.transport.pause_reading()
+            self.done.set_result(bytes(self.buf))
+
+    def eof_received(self):
+        if not self.done.done():
+            self.done.set_exception(EOFError(bytes(self.buf[: self.got])))
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """A BufferedProtocol that records its calls; data arrives through small buffers."""
+
+    def __init__(self, size: int = 1000) -> None:
+        loop = asyncio.get_running_loop()
+        self.buf = bytearray(size)
+        self.calls: list[str] = []
+        self.data = bytearray()
+        self.transport = None
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.calls.append(MADE)
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        # A memoryview: the stdlib's sslproto fills ``buf[offset:]`` when a buffer spans
+        # records, which for a bytearray is a copy (the bytes after the first record are lost).
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes):
+        if not self.calls or self.calls[-1] != DATA:
+            self.calls.append(DATA)
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        self.calls.append(EOF)
+
+    def connection_lost(self, exc):
+        self.calls.append(LOST)
+        self.lost.set_result(exc)
+
+    async def read(self, n: int, timeout: float = 5.0) -> bytes:
+        await wait_until(lambda: len(self.data) >= n or self.lost.done(), timeout)
+        return bytes(self.data)
+
+
+def test_tls_start_tls_server_side_with_client_hello_read_ahead(loop):
+    # The client sends 'STARTTLS\r\n' and its ClientHello in one segment, then, once the
+    # handshake is done, application data at once (it may share a segment with its
+    # Finished). The server read only the line in plaintext: start_tls must find the
+    # ClientHello that followed it, lose nothing, and deliver the data intact.
+    payload = os.urandom(100 * 1024)
+
+    def client(addr):
+        sock = socket.create_connection(addr, timeout=PEER_TIMEOUT)
+        peer = HandPeer(sock, client_context(), server_side=False, server_hostname='localhost')
+        try:
+            try:
+                peer.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            hello = peer.outgoing.read()
+            assert hello[:1] == b'\x16'  # a handshake record
+            sock.sendall(b'STARTTLS\r\n' + hello)
+            peer.handshake()
+            peer.send(payload)
+            echoed = peer.recv_exactly(len(payload))
+            peer.close_notify()
+            return echoed, peer.obj.version()
+        finally:
+            peer.close()
+
+    async def main():
+        readers = []
+
+        def factory():
+            p = LineReader(b'STARTTLS\r\n')
+            readers.append(p)
+            return p
+
+        server = await loop.create_server(factory, '127.0.0.1', 0)
+        async with server:
+            client_task = asyncio.ensure_future(in_thread(client, server.sockets[0].getsockname()[:2]))
+            await wait_until(lambda: readers)
+            plain = readers[0]
+            assert await asyncio.wait_for(plain.done, 5) == b'STARTTLS\r\n'
+            # start_tls does not call connection_made (the app protocol is expected to
+            # have its transport already), and data may reach it before start_tls returns.
+            app = Recorder()
+            tls = await loop.start_tls(plain.transport, app, server_context(), server_side=True)
+            assert tls.get_protocol() is app
+            tls.write(await app.read(len(payload)))
+            echoed, version = await client_task
+            assert echoed == payload
+            assert version == 'TLSv1.3'
+            assert bytes(app.data) == payload
+            assert await asyncio.wait_for(app.lost, 5) is None
+            assert app.calls == [DATA, EOF, LOST]
+            tls.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize('app', ['Protocol', 'BufferedProtocol'])
+def test_tls_start_tls_both_sides(loop, app):
+    # A plaintext exchange, then both ends upgrade (client: start_tls with server_hostname;
+    # server: server_side=True) and exchange data both ways; the client's app protocol
+    # after the upgrade is a Protocol or a BufferedProtocol (get_buffer/buffer_updated).
+    payload = os.urandom(64 * 1024)
+    reply = os.urandom(80 * 1024)
+
+    class PlainServer(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if self.data == b'STARTTLS\r\n':
+                self.transport.pause_reading()
+                self.transport.write(b'GO\r\n')
+                self.app = Recorder()
+                self.upgrade = asyncio.ensure_future(
+                    asyncio.get_running_loop().start_tls(self.transport, self.app, server_context(), server_side=True)
+                )
+
+    async def main():
+        protos = []
+
+        def factory():
+            p = PlainServer()
+            protos.append(p)
+            return p
+
+        server = await loop.create_server(factory, '127.0.0.1', 0)
+        async with server:
+            tr, plain = await loop.create_connection(Recorder, *server.sockets[0].getsockname()[:2])
+            tr.write(b'STARTTLS\r\n')
+            assert await plain.read(4) == b'GO\r\n'
+            cproto = Recorder() if app == 'Protocol' else BufferedRecorder()
+            tls = await loop.start_tls(tr, cproto, client_context(), server_hostname='localhost')
+            assert tls.get_protocol() is cproto
+            assert tls.get_extra_info('ssl_object').version() == 'TLSv1.3'
+            assert subject_cn(tls.get_extra_info('peercert')) == 'localhost'
+            stls = await asyncio.wait_for(protos[0].upgrade, 5)
+            sapp = protos[0].app
+            assert stls.get_protocol() is sapp
+            assert stls.get_extra_info('peercert') is None
+            tls.write(payload)
+            stls.write(reply)
+            assert await cproto.read(len(reply)) == reply
+            assert await sapp.read(len(payload)) == payload
+            tls.close()
+            assert await asyncio.wait_for(cproto.lost, 5) is None
+            assert cproto.calls == [DATA, EOF, LOST]
+            assert await asyncio.wait_for(sapp.lost, 5) is None
+            assert sapp.calls == [DATA, EOF, LOST]
+            stls.close()
+            # The plaintext protocols saw only the plaintext, and were told nothing more.
+            assert plain.data == b'GO\r\n'
+            assert protos[0].data == b'STARTTLS\r\n'
+            assert plain.calls == [MADE, DATA]
+            assert protos[0].calls == [MADE, DATA]
+
+    run(loop, main())
+
+
+def test_tls_start_tls_streams_client(loop):
+    # StreamWriter.start_tls (3.11+) against a hand-driven server that greets in plaintext.
+    lsock = listener()
+
+    def server():
+        conn, _ = lsock.accept()
+        conn.settimeout(PEER_TIMEOUT)
+        try:
+            conn.sendall(b'220 ready\r\n')
+            line = b''
+            while not line.endswith(b'\r\n'):
+                line += conn.recv(1)
+            assert line == b'STARTTLS\r\n', line
+            conn.sendall(b'220 go ahead\r\n')
+            peer = HandPeer(conn, server_context(), server_side=True)
+            peer.handshake()
+            data = peer.recv_exactly(5)
+            peer.send(data.upper() + b'\r\n')
+            peer.recv()  # the client's close_notify
+            peer.close_notify()
+            return data
+        finally:
+            conn.close()
+
+    async def main():
+        peer_task = asyncio.ensure_future(in_thread(server))
+        reader, writer = await asyncio.open_connection(*lsock.getsockname())
+        assert await reader.readline() == b'220 ready\r\n'
+        writer.write(b'STARTTLS\r\n')
+        assert await reader.readline() == b'220 go ahead\r\n'
+        await writer.start_tls(client_context(), server_hostname='localhost')
+        assert writer.get_extra_info('ssl_object') is not None
+        writer.write(b'hello')
+        assert await reader.readline() == b'HELLO\r\n'
+        writer.close()
+        await writer.wait_closed()
+        assert await peer_task == b'hello'
+
+    try:
+        run(loop, main())
+    finally:
+        lsock.close()
+
+
+# --- 7. handshake and shutdown timeouts --------------------------------------------------------------
+
+
+def test_tls_client_handshake_timeout(loop):
+    # A server that accepts (the kernel does, from the backlog) and never answers.
+    lsock = listener()
+
+    async def main():
+        start = loop.time()
+        with pytest.raises(ConnectionAbortedError) as info:
+            await loop.create_connection(
+                Recorder,
+                *lsock.getsockname(),
+                ssl=client_context(),
+                server_hostname='localhost',
+                ssl_handshake_timeout=0.3,
+            )
+        elapsed = loop.time() - start
+        assert 0.29 <= elapsed < 3, elapsed
+        assert str(info.value) == 'SSL handshake is taking longer than 0.3 seconds: aborting the connection'
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(PEER_TIMEOUT)
+            hello = recv_until_eof(conn)  # the client closed its end
+            assert hello[:1] == b'\x16'  # its ClientHello, and nothing after the timeout
+
+    try:
+        run(loop, main())
+    finally:
+        lsock.close()
+
+
+@pytest.mark.parametrize('sends', ['nothing', 'half_a_hello'])
+def test_tls_server_handshake_timeout(loop, sends):
+    # A client that connects and sends nothing (or a ClientHello cut short): the server's
+    # handshake times out, the connection is closed, the protocol never sees
+    # connection_made; in debug mode the handler hears of a ConnectionAbortedError.
+    loop.set_debug(True)
+    errors = capture_errors(loop)
+
+    def client(addr):
+        with socket.create_connection(addr, timeout=PEER_TIMEOUT) as sock:
+            if sends == 'half_a_hello':
+                obj = client_context().wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname='localhost')
+                try:
+                    obj.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                hello = out.read()
+                sock.sendall(hello[: len(hello) // 2])
+            start = time.monotonic()
+            data = recv_until_eof(sock)
+            return data, time.monotonic() - start
+
+    async def main():
+        server, sprotos, addr = await tls_server(loop, ssl_handshake_timeout=0.3)
+        async with server:
+            data, elapsed = await in_thread(client, addr)
+            assert data == b'' or data[:1] == b'\x15', data  # nothing, or an alert
+            assert 0.2 <= elapsed < 3, elapsed
+            await wait_until(lambda: errors)
+            assert len(sprotos) == 1
+            assert sprotos[0].calls == []
+
+    run(loop, main())
+    assert [e['message'] for e in errors] == ['Error on transport creation for incoming connection']
+    exc = errors[0]['exception']
+    assert isinstance(exc, ConnectionAbortedError)
+    assert str(exc) == 'SSL handshake is taking longer than 0.3 seconds: aborting the connection'
+
+
+@pytest.mark.parametrize('side', ['client', 'server'])
+def test_tls_shutdown_timeout(loop, side):
+    # close() sends close_notify and waits for the peer's; a peer that never answers gets
+    # the connection dropped after ssl_shutdown_timeout: connection_lost(TimeoutError).
+    def silent(peer):
+        peer.send(b'x')  # the handshake is over: what comes next is read raw
+        return peer.wait_raw_eof()  # reads the close_notify, never answers it
+
+    async def close_and_check(proto, peer_task):
+        await proto.read(1)
+        start = loop.time()
+        proto.transport.close()
+        exc = await asyncio.wait_for(proto.lost, 5)
+        elapsed = loop.time() - start
+        assert 0.25 <= elapsed < 3, elapsed
+        assert isinstance(exc, TimeoutError), exc
+        assert str(exc) == 'SSL shutdown timed out'
+        raw = await peer_task
+        assert raw[:1] in (b'\x15', b'\x17'), raw  # the close_notify (TLS 1.3: an encrypted record)
+
+    async def client_side():
+        lsock = listener()
+        try:
+            peer_task = asyncio.ensure_future(in_thread(hand_server, lsock, silent))
+            _, proto = await loop.create_connection(
+                Recorder,
+                *lsock.getsockname(),
+                ssl=client_context(),
+                server_hostname='localhost',
+                ssl_shutdown_timeout=0.3,
+            )
+        finally:
+            lsock.close()
+        await close_and_check(proto, peer_task)
+
+    async def server_side():
+        server, sprotos, addr = await tls_server(loop, ssl_shutdown_timeout=0.3)
+
+        def client():
+            peer = HandPeer.connect(addr)
+            try:
+                peer.handshake()
+                return silent(peer)
+            finally:
+                peer.close()
+
+        async with server:
+            peer_task = asyncio.ensure_future(in_thread(client))
+            await wait_until(lambda: sprotos and sprotos[0].transport is not None)
+            await close_and_check(sprotos[0], peer_task)
+
+    run(loop, client_side() if side == 'client' else server_side())
+
+
+# --- 8. garbage instead of TLS records ------------------------------------------------------------
+
+
+JUNK = {
+    'http_request': b'GET / HTTP/1.1\r\nHost: localhost\r\n\r\n',
+    'zeros': b'\x00' * 64,
+    'bad_handshake_record': b'\x16\x03\x01\x00\x08garbage!',
+}
+
+
+@pytest.mark.parametrize('junk', JUNK.values(), ids=JUNK.keys())
+def test_tls_garbage_before_handshake(loop, junk):
+    # Bytes that are not a ClientHello: the handshake fails (an SSLError, reported to the
+    # handler in debug mode), the connection is closed, nothing reaches the protocol, and
+    # nothing is sent back in the clear.
+    loop.set_debug(True)
+    errors = capture_errors(loop)
+
+    def client(addr):
+        with socket.create_connection(addr, timeout=PEER_TIMEOUT) as sock:
+            sock.sendall(junk)
+            return recv_until_eof(sock)
+
+    async def main():
+        server, sprotos, addr = await tls_server(loop, Echo)
+        async with server:
+            answer = await in_thread(client, addr)
+            assert answer == b'' or answer[:1] == b'\x15', answer  # nothing, or an alert
+            await wait_until(lambda: errors)
+            assert len(sprotos) == 1
+            assert sprotos[0].calls == []
+            # The server still serves.
+            tr, proto = await loop.create_connection(Recorder, *addr, ssl=client_context(), server_hostname='localhost')
+            tr.write(b'still here')
+            assert await proto.read(10) == b'still here'
+            await close_all(proto, *sprotos)
+
+    run(loop, main())
+    assert [e['message'] for e in errors] == ['Error on transport creation for incoming connection']
+    assert isinstance(errors[0]['exception'], ssl.SSLError), errors[0]['exception']
+
+
+def test_tls_plaintext_client_gets_nothing(loop):
+    # A plaintext client of the same loop: its bytes never reach the server's protocol,
+    # and it reads nothing back but perhaps an alert before the connection closes.
+    async def main():
+        server, sprotos, addr = await tls_server(loop, Echo)
+        async with server:
+            tr, proto = await loop.create_connection(Recorder, *addr)
+            tr.write(b'hello in the clear\r\n')
+            assert await asyncio.wait_for(proto.lost, 5) is None
+            assert proto.data == b'' or proto.data[:1] == b'\x15', proto.data
+            assert b'hello' not in proto.data
+            await wait_until(lambda: sprotos)
+            await asyncio.sleep(0.05)
+            assert sprotos[0].calls == []
+
+    run(loop, main())
+
+
+JUNK_RECORDS = {
+    'not_a_record': b'junk junk junk junk',
+    'bad_mac_record': b'\x17\x03\x03\x00\x20' + bytes(range(32)),
+}
+
+
+@pytest.mark.parametrize('junk', JUNK_RECORDS.values(), ids=JUNK_RECORDS.keys())
+def test_tls_garbage_after_handshake(loop, junk):
+    # A hand-driven client completes the handshake, sends a good record, then junk: the
+    # server's protocol gets the good data, never the junk, and connection_lost(SSLError).
+    def client(addr):
+        peer = HandPeer.connect(addr)
+        try:
+            peer.handshake()
+            peer.send(b'good')
+            assert peer.recv_exactly(4) == b'good'
+            peer.send_raw(junk)
+            return peer.wait_raw_eof()
+        finally:
+            peer.close()
+
+    async def main():
+        server, sprotos, addr = await tls_server(loop, Echo)
+        async with server:
+            await in_thread(client, addr)
+            exc = await asyncio.wait_for(sprotos[0].lost, 5)
+            assert isinstance(exc, ssl.SSLError), exc
+            assert sprotos[0].data == b'good'
+            assert sprotos[0].calls == [MADE, DATA, LOST]
+
+    run(loop, main())
+
+
+# --- 9. many connections -------------------------------------------------------------------------
+
+
+def rss_after_trim() -> int:
+    """The process's resident size once glibc has returned its free memory to the kernel
+    (thousands of freed 256 KiB TLS read buffers otherwise keep hundreds of MiB resident
+    on every loop, the stdlib's included)."""
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def live_objects() -> tuple[int, int]:
+    """(objects the GC tracks, SSLObjects among them)."""
+    gc.collect()
+    objs = gc.get_objects()
+    return len(objs), sum(1 for o in objs if isinstance(o, ssl.SSLObject))
+
+
+@pytest.mark.timeout(60)
+def test_tls_many_connections_no_fd_or_memory_growth(loop):
+    # 2,000 TLS connections (batches of 50 at a time) against one server, each a
+    # handshake, a round trip and a close: afterwards no more fds than before, no
+    # SSLObject alive, no more than 200 more objects tracked by the GC (a leak
+    # of one object per connection would be 2,000), and the RSS grown by a bounded amount.
+    ctx = client_context()
+
+    async def one(addr):
+        tr, proto = await loop.create_connection(Recorder, *addr, ssl=ctx, server_hostname='localhost')
+        tr.write(b'ping')
+        assert await proto.read(4) == b'ping'
+        tr.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+
+    async def batch(addr, n):
+        for _ in range(n // 50):
+            await asyncio.gather(*(one(addr) for _ in range(50)))
+
+    async def main():
+        server, sprotos, addr = await tls_server(loop, Echo)
+        async with server:
+            await batch(addr, 200)  # warm-up: caches, free lists, the allocator's arenas
+            await wait_until(lambda: all(p.lost.done() for p in sprotos))
+            sprotos.clear()
+            await asyncio.sleep(0)
+            before = len(open_fds()), *live_objects(), rss_after_trim()
+            start = time.monotonic()
+            await batch(addr, 2000)
+            elapsed = time.monotonic() - start
+            await wait_until(lambda: len(sprotos) == 2000 and all(p.lost.done() for p in sprotos))
+            assert all(p.lost.result() is None for p in sprotos)
+            assert all(p.calls == [MADE, DATA, EOF, LOST] for p in sprotos)
+            sprotos.clear()
+            await asyncio.sleep(0)
+            after = len(open_fds()), *live_objects(), rss_after_trim()
+            return before, after, elapsed
+
+    (fds, objs, sslobjs, mem), (fds2, objs2, sslobjs2, mem2), elapsed = run(loop, main(), timeout=55)
+    assert fds2 <= fds + 2, (fds, fds2)
+    assert sslobjs2 <= sslobjs, (sslobjs, sslobjs2)
+    assert objs2 - objs < 200, (objs, objs2)
+    grown = mem2 - mem
+    assert grown < 16 * MiB, f'RSS grew by {grown / MiB:.1f} MiB over 2,000 connections ({elapsed:.1f} s)'
+
+
+# --- 10. the TLS transport's API ----------------------------------------------------------------------
+
+
+async def tls_pair(loop, kind, path, client=Recorder, server=Recorder, cctx=None, sctx=None):
+    """(server, client transport, client protocol, server protocol) over TCP or a Unix socket."""
+    protos = []
+
+    def make():
+        p = server()
+        protos.append(p)
+        return p
+
+    cctx = cctx or client_context()
+    sctx = sctx or server_context()
+    if kind == 'tcp':
+        srv = await loop.create_server(make, '127.0.0.1', 0, ssl=sctx)
+        tr, proto = await loop.create_connection(
+            client, *srv.sockets[0].getsockname()[:2], ssl=cctx, server_hostname='localhost'
+        )
+    else:
+        srv = await loop.create_unix_server(make, path, ssl=sctx)
+        tr, proto = await loop.create_unix_connection(client, path, ssl=cctx, server_hostname='localhost')
+    await wait_until(lambda: protos and protos[0].transport is not None)
+    return srv, tr, proto, protos[0]
+
+
+def test_tls_get_extra_info(loop, kind, path):
+    async def main():
+        cctx, sctx = client_context(), server_context()
+        srv, tr, proto, sproto = await tls_pair(loop, kind, path, cctx=cctx, sctx=sctx)
+        async with srv:
+            try:
+                family = socket.AF_INET if kind == 'tcp' else socket.AF_UNIX
+                for side, t, ctx in (('client', tr, cctx), ('server', sproto.transport, sctx)):
+                    assert t.get_extra_info('sslcontext') is ctx, side
+                    obj = t.get_extra_info('ssl_object')
+                    assert isinstance(obj, ssl.SSLObject), side
+                    assert obj.server_side == (side == 'server')
+                    assert obj.version() == 'TLSv1.3'
+                    cipher = t.get_extra_info('cipher')
+                    assert cipher == obj.cipher(), side
+                    assert isinstance(cipher, tuple) and len(cipher) == 3 and cipher[1] == 'TLSv1.3', cipher
+                    assert t.get_extra_info('compression') == obj.compression(), side
+                    sock = t.get_extra_info('socket')
+                    assert sock.family == family, side
+                    assert sock.fileno() >= 0, side
+                    assert t.get_extra_info('sockname') == sock.getsockname(), side
+                    assert t.get_extra_info('peername') == sock.getpeername(), side
+                    assert t.get_extra_info('no-such-key') is None
+                    assert t.get_extra_info('no-such-key', 'dflt') == 'dflt'
+                peercert = tr.get_extra_info('peercert')
+                assert peercert == tr.get_extra_info('ssl_object').getpeercert()
+                assert subject_cn(peercert) == 'localhost'
+                assert ('DNS', 'localhost') in peercert['subjectAltName']
+                assert sproto.transport.get_extra_info('peercert') is None  # no client certificate asked
+                if kind == 'tcp':
+                    assert tr.get_extra_info('peername') == sproto.transport.get_extra_info('sockname')
+                    assert tr.get_extra_info('sockname') == sproto.transport.get_extra_info('peername')
+                else:
+                    assert tr.get_extra_info('peername') == path
+                    assert sproto.transport.get_extra_info('sockname') == path
+            finally:
+                await close_all(proto, sproto)
+
+    run(loop, main())
+
+
+def test_tls_transport_api(loop):
+    async def main():
+        srv, tr, proto, sproto = await tls_pair(loop, 'tcp', None)
+        async with srv:
+            try:
+                assert isinstance(tr, asyncio.Transport)
+                assert isinstance(tr, asyncio.ReadTransport)
+                assert isinstance(tr, asyncio.WriteTransport)
+                assert isinstance(sproto.transport, asyncio.Transport)
+                assert tr.get_protocol() is proto
+                assert sproto.transport.get_protocol() is sproto
+                # TLS has no half-close in asyncio: can_write_eof() is False and
+                # write_eof() raises NotImplementedError (the stdlib's sslproto, 3.11-3.13).
+                assert tr.can_write_eof() is False
+                with pytest.raises(NotImplementedError):
+                    tr.write_eof()
+                assert tr.get_write_buffer_limits() == (128 * 1024, 512 * 1024)  # sslproto's defaults
+                tr.set_write_buffer_limits(high=1000)
+                assert tr.get_write_buffer_limits() == (250, 1000)
+                assert tr.get_write_buffer_size() == 0
+                # set_protocol: what arrives next goes to the new protocol.
+                other = Recorder()
+                tr.set_protocol(other)
+                assert tr.get_protocol() is other
+                sproto.transport.write(b'to the other one')
+                assert await other.read(16) == b'to the other one'
+                assert proto.data == b''
+                # writelines goes through TLS too.
+                tr.writelines([b'a', bytearray(b'b'), memoryview(b'c')])
+                assert await sproto.read(3) == b'abc'
+                assert not tr.is_closing()
+                tr.close()
+                assert tr.is_closing()
+                assert await asyncio.wait_for(other.lost, 5) is None
+                assert proto.calls == [MADE]  # the old protocol heard nothing more
+                assert other.calls == [DATA, EOF, LOST]
+            finally:
+                await close_all(sproto)
+
+    run(loop, main())
+
+
+def test_tls_pause_reading(loop):
+    # pause_reading() on a TLS transport: nothing is delivered until resume_reading(), and
+    # then everything, in order.
+    async def main():
+        srv, tr, proto, sproto = await tls_pair(loop, 'tcp', None)
+        async with srv:
+            try:
+                assert tr.is_reading()
+                tr.pause_reading()
+                assert not tr.is_reading()
+                payload = os.urandom(300 * 1024)
+                sproto.transport.write(payload)
+                await asyncio.sleep(0.2)
+                assert proto.data == b''
+                tr.resume_reading()
+                assert tr.is_reading()
+                assert await proto.read(len(payload)) == payload
+            finally:
+                await close_all(proto, sproto)
+
+    run(loop, main())
+
+
+def test_tls_buffered_protocol_client(loop, kind, path):
+    # A BufferedProtocol as the TLS client's protocol: 1 MiB arrives through a 1000-byte
+    # buffer, in order, then eof_received and connection_lost(None).
+    payload = os.urandom(MiB)
+
+    class SendAndClose(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(payload)
+            transport.close()
+
+    async def main():
+        srv, _, proto, sproto = await tls_pair(loop, kind, path, client=BufferedRecorder, server=SendAndClose)
+        async with srv:
+            assert await asyncio.wait_for(proto.lost, 5) is None
+            assert bytes(proto.data) == payload
+            assert proto.calls == [MADE, DATA, EOF, LOST]
+            assert await asyncio.wait_for(sproto.lost, 5) is None
+
+    run(loop, main())
+
+
+def test_tls_unix_roundtrip(loop, path):
+    async def main():
+        srv, tr, proto, sproto = await tls_pair(loop, 'unix', path, server=Echo)
+        async with srv:
+            try:
+                tr.write(b'over a unix socket')
+                assert await proto.read(18) == b'over a unix socket'
+                assert sproto.data == b'over a unix socket'
+            finally:
+                await close_all(proto, sproto)
+
+    run(loop, main())
+
+
+def test_tls_connect_accepted_socket(loop):
+    # The server side of a TLS connection from a socket accepted outside the loop.
+    lsock = listener()
+
+    async def main():
+        client = asyncio.ensure_future(
+            loop.create_connection(Recorder, *lsock.getsockname(), ssl=client_context(), server_hostname='localhost')
+        )
+        conn, _ = await in_thread(lsock.accept)
+        str_, sproto = await loop.connect_accepted_socket(Echo, conn, ssl=server_context())
+        tr, proto = await client
+        try:
+            assert sproto.calls == [MADE]
+            assert isinstance(str_.get_extra_info('ssl_object'), ssl.SSLObject)
+            assert str_.get_extra_info('ssl_object').server_side
+            tr.write(b'accepted elsewhere')
+            assert await proto.read(18) == b'accepted elsewhere'
+        finally:
+            await close_all(proto, sproto)
 
     try:
         run(loop, main())
