@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import ssl
+import threading
 
 CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'certs')
 CA = os.path.join(CERTS, 'ca.pem')
@@ -178,3 +180,57 @@ class HandPeer:
 async def in_thread(fn, *args):
     """Run a blocking peer step in a thread, bounded in time."""
     return await asyncio.wait_for(asyncio.to_thread(fn, *args), PEER_TIMEOUT + 5)
+
+
+class WireTap:
+    """A TCP relay on 127.0.0.1 that records every byte it forwards: connect to ``addr``
+    instead of ``upstream``. Serves one connection, in a thread; ``wait()`` returns the
+    bytes seen (client to server, server to client) once both directions ended."""
+
+    def __init__(self, upstream) -> None:
+        self.upstream = upstream
+        self.lsock = socket.create_server(('127.0.0.1', 0))
+        self.lsock.settimeout(PEER_TIMEOUT)
+        self.addr = self.lsock.getsockname()
+        self.seen = {'up': bytearray(), 'down': bytearray()}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            client, _ = self.lsock.accept()
+            server = socket.create_connection(self.upstream, timeout=PEER_TIMEOUT)
+            with client, server:
+                pairs = {client: (server, 'up'), server: (client, 'down')}
+                open_ = {client, server}
+                while open_:
+                    ready, _, _ = select.select(list(open_), [], [], PEER_TIMEOUT)
+                    if not ready:
+                        raise TimeoutError('the relay saw nothing for too long')
+                    for s in ready:
+                        dst, direction = pairs[s]
+                        try:
+                            data = s.recv(65536)
+                        except ConnectionResetError:
+                            data = b''
+                        if data:
+                            self.seen[direction] += data
+                            dst.sendall(data)
+                        else:
+                            open_.discard(s)
+                            try:
+                                dst.shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the test by wait()
+            self.error = exc
+        finally:
+            self.lsock.close()
+
+    def wait(self) -> tuple[bytes, bytes]:
+        self.thread.join(PEER_TIMEOUT + 5)
+        assert not self.thread.is_alive(), 'the relay did not finish'
+        if self.error is not None:
+            raise self.error
+        return bytes(self.seen['up']), bytes(self.seen['down'])

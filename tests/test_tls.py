@@ -27,6 +27,7 @@ from _tls import (
     OTHER_CA,
     PEER_TIMEOUT,
     HandPeer,
+    WireTap,
     client_context,
     in_thread,
     server_context,
@@ -261,6 +262,121 @@ def test_tls_sni_callback_sees_server_hostname_and_can_switch_context(loop):
             assert seen == [('localhost', True), ('alt.localhost', True)]
 
     run(loop, main())
+
+
+def test_tls_context_settings_honoured(loop, tmp_dir):
+    # The user's contexts decide: TLS 1.2 only and one cipher suite on the client (the
+    # server agrees to both), the client's keylog file written, and a server that
+    # demands TLS 1.3 refusing that client.
+    keylog = os.path.join(tmp_dir, 'keylog')
+    suite = 'ECDHE-ECDSA-AES128-GCM-SHA256'
+
+    async def main():
+        server, sprotos, addr = await tls_server(loop, Echo)
+        async with server:
+            cctx = client_context()
+            cctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            cctx.set_ciphers(suite)
+            cctx.keylog_filename = keylog
+            tr, proto = await loop.create_connection(Recorder, *addr, ssl=cctx, server_hostname='localhost')
+            try:
+                tr.write(b'settings')
+                assert await proto.read(8) == b'settings'
+                for t in (tr, sprotos[0].transport):
+                    assert t.get_extra_info('cipher')[:2] == (suite, 'TLSv1.2')
+            finally:
+                await close_all(proto, *sprotos)
+
+        sctx = server_context()
+        sctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        server, sprotos, addr = await tls_server(loop, Echo, sctx)
+        async with server:
+            with pytest.raises((ConnectionError, ssl.SSLError)):
+                await loop.create_connection(Recorder, *addr, ssl=cctx, server_hostname='localhost')
+            await wait_until(lambda: sprotos)
+            await asyncio.sleep(0.05)
+            assert sprotos[0].calls == []
+
+    run(loop, main())
+
+
+class UpgradeOnCommand(Recorder):
+    """A plaintext server protocol that answers 'STARTTLS\\r\\n' with 'GO\\r\\n' and upgrades to
+    TLS (server side) with an Echo app protocol."""
+
+    def data_received(self, data):
+        super().data_received(data)
+        if self.data == b'STARTTLS\r\n':
+            self.transport.pause_reading()
+            self.transport.write(b'GO\r\n')
+            self.app = Echo()
+            self.upgrade = asyncio.ensure_future(
+                asyncio.get_running_loop().start_tls(self.transport, self.app, server_context(), server_side=True)
+            )
+            # start_tls does not call connection_made: the app protocol gets its transport
+            # here (the test's client writes only once the upgrade is done).
+            self.upgrade.add_done_callback(lambda f: setattr(self.app, 'transport', f.result()))
+
+
+@pytest.mark.parametrize('how', ['ssl', 'start_tls'])
+def test_tls_never_plaintext_on_the_wire(loop, how):
+    # A relay records every byte between client and server: what the applications wrote
+    # (write with bytes, bytearray and memoryview; writelines; both directions) never
+    # appears on the wire, and every byte after the plaintext STARTTLS exchange is a TLS
+    # record.
+    marker = b'CLEARTEXT-' + os.urandom(6).hex().encode()
+    chunks = [marker * 100, bytearray(marker * 1000), memoryview(marker * 10_000)]
+    prefix = {'ssl': (b'', b''), 'start_tls': (b'STARTTLS\r\n', b'GO\r\n')}[how]
+
+    async def main():
+        if how == 'ssl':
+            server, sprotos, addr = await tls_server(loop, Echo)
+        else:
+            sprotos = []
+            server = await loop.create_server(lambda: sprotos.append(UpgradeOnCommand()) or sprotos[-1], '127.0.0.1', 0)
+            addr = server.sockets[0].getsockname()[:2]
+        async with server:
+            tap = WireTap(addr)
+            if how == 'ssl':
+                tr, proto = await loop.create_connection(
+                    Recorder, *tap.addr, ssl=client_context(), server_hostname='localhost'
+                )
+                sapp = sprotos[0]
+            else:
+                plain_tr, plain = await loop.create_connection(Recorder, *tap.addr)
+                plain_tr.write(b'STARTTLS\r\n')
+                assert await plain.read(4) == b'GO\r\n'
+                proto = Recorder()
+                tr = await loop.start_tls(plain_tr, proto, client_context(), server_hostname='localhost')
+                proto.transport = tr
+                await asyncio.wait_for(sprotos[0].upgrade, 5)
+                sapp = sprotos[0].app
+            for chunk in chunks:
+                tr.write(chunk)
+            tr.writelines([marker, bytearray(marker), memoryview(marker)])
+            total = sum(len(c) for c in chunks) + 3 * len(marker)
+            assert await proto.read(total) == b''.join(bytes(c) for c in chunks) + marker * 3
+            sapp.transport.write(marker * 5)
+            assert (await proto.read(total + 5 * len(marker)))[total:] == marker * 5
+            tr.close()
+            await asyncio.wait_for(proto.lost, 5)
+            await asyncio.wait_for(sapp.lost, 5)
+            if how == 'start_tls':
+                sapp.transport.close()
+            return await asyncio.to_thread(tap.wait)
+
+    up, down = run(loop, main())
+    for wire, plain in zip((up, down), prefix, strict=True):
+        assert wire.startswith(plain)
+        assert marker not in wire
+        # Every byte after the plaintext belongs to a TLS record: walk the record headers.
+        i = len(plain)
+        while i < len(wire):
+            assert wire[i] in (0x14, 0x15, 0x16, 0x17), (i, wire[i : i + 5])
+            assert wire[i + 1] == 3, (i, wire[i : i + 5])
+            i += 5 + int.from_bytes(wire[i + 3 : i + 5], 'big')
+        assert i == len(wire)
+    assert len(up) > sum(len(c) for c in chunks)
 
 
 # --- 3. client certificates -------------------------------------------------------------------
