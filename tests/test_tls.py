@@ -66,24 +66,21 @@ async def close_all(*protos):
             await asyncio.wait_for(asyncio.shield(p.lost), 5)
 
 
-def listener(family=socket.AF_INET, path=None) -> socket.socket:
-    """A listening blocking socket for a hand-driven peer (127.0.0.1, or ``path``)."""
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.bind(path if family == socket.AF_UNIX else ('127.0.0.1', 0))
-    s.listen(16)
+def listener() -> socket.socket:
+    """A listening blocking socket on 127.0.0.1 for a hand-driven peer."""
+    s = socket.create_server(('127.0.0.1', 0))
     s.settimeout(PEER_TIMEOUT)
     return s
 
 
-def hand_server(lsock: socket.socket, script, ctx=None, handshake: bool = True):
+def hand_server(lsock: socket.socket, script):
     """Accept one connection on ``lsock`` as a hand-driven TLS server, complete the
     handshake, run ``script(peer)`` and close the raw socket; return the script's result.
     Blocking: run it with ``in_thread``."""
     conn, _ = lsock.accept()
-    peer = HandPeer(conn, ctx or server_context(), server_side=True)
+    peer = HandPeer(conn, server_context(), server_side=True)
     try:
-        if handshake:
-            peer.handshake()
+        peer.handshake()
         return script(peer)
     finally:
         peer.close()
@@ -264,6 +261,9 @@ def test_tls_sni_callback_sees_server_hostname_and_can_switch_context(loop):
     run(loop, main())
 
 
+# --- the user's context, and never plaintext ------------------------------------------------------
+
+
 def test_tls_context_settings_honoured(loop, tmp_dir):
     # The user's contexts decide: TLS 1.2 only and one cipher suite on the client (the
     # server agrees to both), the client's keylog file written, and a server that
@@ -361,8 +361,6 @@ def test_tls_never_plaintext_on_the_wire(loop, how):
             tr.close()
             await asyncio.wait_for(proto.lost, 5)
             await asyncio.wait_for(sapp.lost, 5)
-            if how == 'start_tls':
-                sapp.transport.close()
             return await asyncio.to_thread(tap.wait)
 
     up, down = run(loop, main())
@@ -466,8 +464,8 @@ BULK = 64 * MiB
 
 @pytest.mark.timeout(60)
 def test_tls_64mib_each_way_streams(loop):
-    # The client writes 64 MiB with drain() while the server echoes with drain(); both
-    # directions are checked by SHA-256.
+    # The client writes 64 MiB in 1 MiB writes, each followed by drain(), while the server
+    # echoes with drain(); both directions are checked by SHA-256.
     async def main():
         server_digest = hashlib.sha256()
         done = loop.create_future()
@@ -491,12 +489,20 @@ def test_tls_64mib_each_way_streams(loop):
             block = os.urandom(MiB)
             sent = hashlib.sha256()
 
+            high = writer.transport.get_write_buffer_limits()[1]
+            waited = 0
+
             async def send():
+                nonlocal waited
                 for i in range(BULK // MiB):
                     chunk = bytes([i]) + block[1:]
                     sent.update(chunk)
                     writer.write(chunk)
+                    if writer.transport.get_write_buffer_size() > high:
+                        waited += 1
                     await writer.drain()
+                    # drain() returns once the transport is below its high-water mark.
+                    assert writer.transport.get_write_buffer_size() <= high
 
             async def receive():
                 digest, n = hashlib.sha256(), 0
@@ -508,6 +514,7 @@ def test_tls_64mib_each_way_streams(loop):
                 return digest.hexdigest(), n
 
             _, (received, n) = await asyncio.gather(send(), receive())
+            assert waited > 0  # drain() did wait
             assert n == BULK
             assert server_digest.hexdigest() == sent.hexdigest()
             assert received == sent.hexdigest()
