@@ -421,7 +421,7 @@ def test_adv_tls_start_tls_on_a_closed_transport(loop_impl, when):
         app = Recorder()
         try:
             new = await asyncio.wait_for(
-                lp.start_tls(tr, app, client_context(), server_hostname='localhost', ssl_handshake_timeout=0.5), 1
+                lp.start_tls(tr, app, client_context(), server_hostname='localhost', ssl_handshake_timeout=0.3), 0.6
             )
         except TimeoutError:
             usable = False
