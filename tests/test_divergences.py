@@ -177,3 +177,53 @@ def test_divergence_write_copies_mutable_data(loop, loop_impl, kind, path):
         assert got[big:] == b'originalview-src'
     else:
         assert got[big:] == b'mutated!MUTATED!'
+
+
+def test_divergence_tls_buffered_bytearray_gets_every_byte(loop, loop_impl):
+    # Two records in one event, read into a BufferedProtocol whose get_buffer() returns
+    # a bytearray: asyncio reads the second record into the copy that buf[offset:] is,
+    # and buffer_updated() counts bytes that never arrived (zeros here).
+    from _tls import client_context, server_context
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(b'a' * 1000)
+            transport.write(b'b' * 1000)
+            transport.close()
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(4096)
+            self.got = bytearray()
+            self.done = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += self.buf[:nbytes]
+
+        def eof_received(self):
+            return None
+
+        def connection_lost(self, exc):
+            self.done.set_result(None)
+
+    async def main():
+        server = await loop.create_server(Sender, '127.0.0.1', 0, ssl=server_context())
+        port = server.sockets[0].getsockname()[1]
+        _, proto = await loop.create_connection(
+            Buffered, '127.0.0.1', port, ssl=client_context(), server_hostname='localhost'
+        )
+        await asyncio.wait_for(proto.done, 10)
+        server.close()
+        await server.wait_closed()
+        return bytes(proto.got)
+
+    got = run(loop, main())
+    assert len(got) == 2000
+    if loop_impl == 'oxloop':
+        assert got == b'a' * 1000 + b'b' * 1000
+    else:
+        assert got[:1000] == b'a' * 1000
+        assert got[1000:] == bytes(1000)  # the second record went into a copy
