@@ -180,7 +180,8 @@ fn sync_stdin_holds_the_first_request_and_the_close() {
         field(&stdout, "requests").parse::<u64>().unwrap() > 0,
         "{stdout}"
     );
-    // The window is the measured 0.3 s plus the drain, not the 0.4 s wait before it.
+    // The window is the measured 0.3 s (timed to the microsecond: 0.2999 was seen)
+    // plus the drain, not with the 0.4 s wait before it (0.7 s or more).
     let seconds: f64 = field(&stdout, "seconds").parse().unwrap();
-    assert!((0.3..0.6).contains(&seconds), "{stdout}");
+    assert!((0.25..0.65).contains(&seconds), "{stdout}");
 }
