@@ -38,7 +38,7 @@ from pathlib import Path
 
 import net
 
-LOOPS = ('oxloop', 'uvloop', 'asyncio', 'floor')
+LOOPS = ('oxloop', 'uvloop', 'rloop', 'asyncio', 'floor')
 WINDOW = 3.0  # seconds of counted load (under valgrind a server runs ~20-50x slower)
 
 

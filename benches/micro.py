@@ -39,7 +39,7 @@ from _common import aa_name, machine_info, pick_baseline
 
 clock = time.perf_counter  # what the benchmark bodies time with
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
-ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio')
+ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'rloop', 'asyncio')
 MEASUREMENT_TIMEOUT = 60.0  # seconds; SIGALRM, then faulthandler kills the process at twice that
 
 
@@ -79,6 +79,14 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
             info['uvloop'] = {'version': uvloop.__version__}
         except Exception as exc:  # noqa: BLE001 - any failure means: run without it
             notes.append(f'uvloop unavailable, skipped: {type(exc).__name__}: {exc}')
+    if 'rloop' in wanted:
+        try:
+            import rloop
+
+            available['rloop'] = (rloop.new_event_loop, getattr(rloop, '__version__', '?'))
+            info['rloop'] = {'version': getattr(rloop, '__version__', None)}
+        except Exception as exc:  # noqa: BLE001 - any failure means: run without it
+            notes.append(f'rloop unavailable, skipped: {type(exc).__name__}: {exc}')
     if 'asyncio' in wanted:
         available['asyncio'] = (asyncio.new_event_loop, f'stdlib {platform.python_version()}')
     contestants = [Contestant(name, *available[name]) for name in wanted if name in available]

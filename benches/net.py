@@ -52,7 +52,7 @@ TLS_KEY = CERTS_DIR / 'server.key'
 TLS_SERVER_NAME = 'localhost'
 RESULTS_DIR = BENCHES_DIR / 'results'
 LOADGEN_CRATE = ROOT / 'crates' / 'oxloop-loadgen'
-ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'asyncio', 'floor')
+ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'rloop', 'asyncio', 'floor')
 KIB = 1024
 READY_TIMEOUT = 20.0  # seconds for a server to print "ready"
 START_ATTEMPTS = 3  # a server that dies before "ready" (e.g. oxloop being reinstalled) is retried
@@ -228,6 +228,14 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
             info['uvloop'] = {'version': uvloop.__version__}
         except Exception as exc:  # noqa: BLE001 - any failure means: run without it
             notes.append(f'uvloop unavailable, skipped: {type(exc).__name__}: {exc}')
+    if 'rloop' in wanted:
+        try:
+            import rloop
+
+            available['rloop'] = ('rloop', getattr(rloop, '__version__', '?'))
+            info['rloop'] = {'version': getattr(rloop, '__version__', None)}
+        except Exception as exc:  # noqa: BLE001 - any failure means: run without it
+            notes.append(f'rloop unavailable, skipped: {type(exc).__name__}: {exc}')
     if 'asyncio' in wanted:
         available['asyncio'] = ('asyncio', f'stdlib {platform.python_version()}')
     if 'floor' in wanted:

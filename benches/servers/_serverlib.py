@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-LOOPS = ('oxloop', 'uvloop', 'asyncio')
+LOOPS = ('oxloop', 'uvloop', 'rloop', 'asyncio')
 BACKLOG = 1024
 
 
@@ -64,6 +64,10 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop
 
         return uvloop.new_event_loop()
+    if name == 'rloop':
+        import rloop
+
+        return rloop.new_event_loop()
     for attempt in range(5):
         try:
             import oxloop
