@@ -329,12 +329,12 @@ pub enum ReadCall {
 /// Reads at most `max` bytes from `fd` straight into a new `bytes` (allocate,
 /// read, shrink), as `socket.recv` and `os.read` do. `Ok(None)` is end of file
 /// (or `max == 0`).
-pub fn read_into_new_bytes(
-    py: Python<'_>,
-    fd: libc::c_int,
+pub fn read_into_new_bytes<'py>(
+    py: Python<'py>,
+    fd: std::os::fd::BorrowedFd<'_>,
     max: usize,
     how: ReadCall,
-) -> std::io::Result<Option<Bound<'_, PyAny>>> {
+) -> std::io::Result<Option<Bound<'py, PyAny>>> {
     // As socket.recv(n) and os.read(fd, n): a size over PY_SSIZE_T_MAX is an
     // OverflowError, a failed allocation a MemoryError (never an OSError).
     if ffi::Py_ssize_t::try_from(max).is_err() {
@@ -346,18 +346,22 @@ pub fn read_into_new_bytes(
     }
     // SAFETY: `obj` is a fresh bytes of `max` bytes that nobody else references.
     let n = unsafe {
-        let buf = ffi::PyBytes_AsString(obj).cast();
+        let buf = ffi::PyBytes_AsString(obj).cast::<u8>();
         match how {
-            ReadCall::Recv(flags) => libc::recv(fd, buf, max, flags),
-            ReadCall::Read => libc::read(fd, buf, max),
+            ReadCall::Recv(flags) => oxloop_core::sys::recv_raw(fd, buf, max, flags),
+            ReadCall::Read => oxloop_core::sys::read_raw(fd, buf, max),
         }
     };
-    if n <= 0 {
-        let err = std::io::Error::last_os_error();
-        // SAFETY: we own the only reference.
-        unsafe { ffi::Py_DECREF(obj) };
-        return if n == 0 { Ok(None) } else { Err(err) };
-    }
+    let n = match n {
+        Ok(n) if n > 0 => n,
+        other => {
+            // SAFETY: we own the only reference.
+            unsafe { ffi::Py_DECREF(obj) };
+            return other.map(|_| None);
+        }
+    };
+    // `n <= max`, which fits a Py_ssize_t (checked above).
+    let n = ffi::Py_ssize_t::try_from(n).unwrap_or(ffi::Py_ssize_t::MAX);
     // SAFETY: shrinking our own unshared bytes; on failure CPython frees it.
     if unsafe { _PyBytes_Resize(&raw mut obj, n) } < 0 {
         // SAFETY: an exception (MemoryError) is set.

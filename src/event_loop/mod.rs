@@ -19,12 +19,13 @@ pub(crate) mod sock;
 mod tasks;
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use oxloop_core::clock;
 use oxloop_core::poller::{Events, Interest, Poller};
 use oxloop_core::registry::Registry;
+use oxloop_core::sys;
 use oxloop_core::timers::{TimerEntry, TimerHeap};
 use oxloop_core::waker::Waker;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError};
@@ -593,37 +594,43 @@ impl LoopCore {
         fd: RawFd,
         backlog: i64,
     ) -> PyResult<AcceptBatch<'py>> {
-        let mut accepted = Vec::new();
+        // SAFETY: `fd` is the listener's: `Loop._accept_connection` read it from
+        // the listening socket it holds for this call, and no Python code runs
+        // until the batch is done.
+        let listener = match unsafe { sys::borrow(fd) } {
+            Ok(fd) => fd,
+            Err(err) => {
+                return Ok((
+                    Vec::new(),
+                    Some(os_error(&err).into_value(py).into_bound(py).into_any()),
+                ))
+            }
+        };
+        // Owned until they go to Python: an error drops (closes) them all.
+        let mut accepted: Vec<(OwnedFd, Bound<'py, PyAny>)> = Vec::new();
+        let into_raw = |accepted: Vec<(OwnedFd, Bound<'py, PyAny>)>| {
+            accepted
+                .into_iter()
+                .map(|(conn, addr)| (conn.into_raw_fd(), addr))
+                .collect::<Vec<_>>()
+        };
         for _ in 0..backlog.max(0) {
             let mut addr = SockAddr::empty();
             let (ptr, len) = addr.as_mut_parts();
             // SAFETY: `ptr`/`len` describe `addr`'s storage, valid for the call.
-            let conn =
-                unsafe { libc::accept4(fd, ptr, len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
-            if conn < 0 {
-                let err = std::io::Error::last_os_error();
-                return match err.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => Ok((accepted, None)),
-                    _ => Ok((
-                        accepted,
-                        Some(os_error(&err).into_value(py).into_bound(py).into_any()),
-                    )),
-                };
-            }
-            match addr.python_object(py) {
-                Ok(addr) => accepted.push((conn, addr)),
+            let conn = match unsafe { sys::accept_nonblocking(listener, ptr, len) } {
+                Ok(conn) => conn,
                 Err(err) => {
-                    // SAFETY: the fd was just accepted and is ours alone.
-                    unsafe { libc::close(conn) };
-                    for (fd, _) in accepted {
-                        // SAFETY: as above; nobody has seen these fds yet.
-                        unsafe { libc::close(fd) };
-                    }
-                    return Err(err);
+                    let error = match err.raw_os_error() {
+                        Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => None,
+                        _ => Some(os_error(&err).into_value(py).into_bound(py).into_any()),
+                    };
+                    return Ok((into_raw(accepted), error));
                 }
-            }
+            };
+            accepted.push((conn, addr.python_object(py)?));
         }
-        Ok((accepted, None))
+        Ok((into_raw(accepted), None))
     }
 
     /// `(done, result_or_future)` for `sock_recv`/`sock_recv_into`/`sock_sendall`.

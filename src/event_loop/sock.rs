@@ -8,6 +8,8 @@
 
 use std::os::fd::RawFd;
 
+use oxloop_core::sys;
+
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit,
     PyTypeError, PyValueError,
@@ -193,7 +195,12 @@ fn recv_now<'py>(
     n: usize,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = sock.py();
-    match crate::ffi::read_into_new_bytes(py, fd, n, ReadCall::Recv(libc::MSG_DONTWAIT)) {
+    // SAFETY: the caller read `fd` from the exact `socket.socket` it holds just
+    // now, with no Python code since: the socket owns it.
+    let read = unsafe { sys::borrow(fd) }.and_then(|fd| {
+        crate::ffi::read_into_new_bytes(py, fd, n, ReadCall::Recv(libc::MSG_DONTWAIT))
+    });
+    match read {
         Ok(Some(data)) => Ok(Some(data)),
         Ok(None) => Ok(Some(PyBytes::new(py, b"").into_any())),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => Ok(None),
@@ -209,20 +216,13 @@ fn recv_now<'py>(
 /// `sock.send(data)` for a `bytes` on an exact `socket.socket` whose fd the
 /// caller just read, without raising on "would block" (0 sent).
 fn send_now(data: &Bound<'_, PyBytes>, fd: RawFd) -> PyResult<usize> {
-    let raw = data.as_bytes();
-    // SAFETY: `raw` is the live content of `data`, which the caller holds.
-    let n = unsafe {
-        libc::send(
-            fd,
-            raw.as_ptr().cast(),
-            raw.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    match usize::try_from(n) {
+    // SAFETY: the caller read `fd` from the exact `socket.socket` it holds just
+    // now, with no Python code since: the socket owns it.
+    let sent = unsafe { sys::borrow(fd) }
+        .and_then(|fd| sys::send(fd, data.as_bytes(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL));
+    match sent {
         Ok(n) => Ok(n),
-        Err(_) => {
-            let err = std::io::Error::last_os_error();
+        Err(err) => {
             if matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
                 Ok(0)
             } else {

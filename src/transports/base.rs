@@ -15,9 +15,11 @@
 //! Invariant: `state` is never borrowed across a call into Python.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
+use oxloop_core::sys;
 use pyo3::exceptions::{
     PyAttributeError, PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError,
 };
@@ -580,21 +582,20 @@ impl Transport {
             return Err(std::io::Error::from_raw_os_error(libc::EBADF));
         };
         let st = self.state.borrow_mut(py);
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(st.buffer.len().min(WRITEV_MAX));
-        for (i, chunk) in st.buffer.iter().take(WRITEV_MAX).enumerate() {
-            let bytes = chunk.data.bind(py).as_bytes();
-            let skip = if i == 0 { st.head_sent } else { 0 };
-            iov.push(libc::iovec {
-                iov_base: bytes[skip..].as_ptr().cast_mut().cast(),
-                iov_len: bytes.len() - skip,
-            });
-        }
-        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: every iovec points into a live `bytes` object kept alive by the
-        // buffer for the duration of the call (we hold the GIL and the borrow).
-        // `fd` is owned: `owned_fd` just now, and no Python code ran since.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
-        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+        // The slices borrow `bytes` objects the buffer keeps alive for the call (we
+        // hold the GIL and the borrow).
+        let iov: Vec<IoSlice<'_>> = st
+            .buffer
+            .iter()
+            .take(WRITEV_MAX)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let skip = if i == 0 { st.head_sent } else { 0 };
+                IoSlice::new(&chunk.data.bind(py).as_bytes()[skip..])
+            })
+            .collect();
+        // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code ran since.
+        unsafe { sys::borrow(fd) }.and_then(|fd| sys::writev(fd, &iov))
     }
 
     /// Drops `n` sent bytes from the front of the buffer, returning the finished
@@ -678,20 +679,19 @@ impl Transport {
             let Some(fd) = this.owned_fd(py) else {
                 return Self::fatal_error(slf, this.fd_gone_error(py, method), message);
             };
-            // SAFETY: `raw` is the live content of `bytes`, which we hold. `fd` is
-            // owned: `owned_fd` just now, and no Python code ran since.
-            let n = unsafe {
+            // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code ran
+            // since.
+            let n = unsafe { sys::borrow(fd) }.and_then(|fd| {
                 if this.kind.is_pipe() {
-                    libc::write(fd, raw.as_ptr().cast(), raw.len())
+                    sys::write(fd, raw)
                 } else {
-                    libc::send(fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL)
+                    sys::send(fd, raw, libc::MSG_NOSIGNAL)
                 }
-            };
-            match usize::try_from(n) {
+            });
+            match n {
                 Ok(n) if n == raw.len() => return Ok(()),
                 Ok(n) => sent = n,
-                Err(_) => {
-                    let err = std::io::Error::last_os_error();
+                Err(err) => {
                     if !is_retry(&err) {
                         return Self::fatal_error(slf, os_error(&err), message);
                     }

@@ -11,6 +11,7 @@
 //! IPv6 and Unix targets) go through the socket's own `sendto`, so every error and
 //! resolution rule stays the `socket` module's.
 
+use oxloop_core::sys;
 use pyo3::exceptions::{
     PyBlockingIOError, PyInterruptedError, PyNotImplementedError, PyOSError, PyValueError,
 };
@@ -63,13 +64,11 @@ impl DatagramTransport {
     ) -> std::io::Result<(Bound<'py, PyAny>, SockAddr)> {
         let mut from = SockAddr::empty();
         let (addr_ptr, len_ptr) = from.as_mut_parts();
+        // SAFETY: the caller's `owned_fd` just now, with no Python code since.
+        let fd = unsafe { sys::borrow(fd)? };
         super::with_scratch(|buf| {
-            // SAFETY: `buf` is writable for MAX_SIZE bytes; `from` has room for any
-            // address and its length is in/out.
-            let n = unsafe {
-                libc::recvfrom(fd, buf.as_mut_ptr().cast(), MAX_SIZE, 0, addr_ptr, len_ptr)
-            };
-            let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+            // SAFETY: `from` has room for any address and its length is in/out.
+            let n = unsafe { sys::recvfrom(fd, &mut buf[..MAX_SIZE], 0, addr_ptr, len_ptr)? };
             Ok((PyBytes::new(py, &buf[..n]).into_any(), from))
         })
     }
@@ -133,21 +132,20 @@ impl DatagramTransport {
                     None => return self.send_via_socket(base, data, addr),
                 }
             };
-            // `fd` is owned: `owned_fd` above, and no Python code ran since
-            // (`sockaddr_of` only reads exact tuples).
-            let n = match target {
-                // SAFETY: `raw` is the live content of `bytes`, which we hold.
-                None => unsafe { libc::send(fd, raw.as_ptr().cast(), raw.len(), 0) },
+            // SAFETY: `fd` is owned: `owned_fd` above, and no Python code ran
+            // since (`sockaddr_of` only reads exact tuples).
+            let n = unsafe { sys::borrow(fd) }.and_then(|fd| match target {
+                None => sys::send(fd, raw, 0),
                 Some(target) => {
                     let (to, len) = target.as_parts();
-                    // SAFETY: as above; `to` is a valid address of `len` bytes.
-                    unsafe { libc::sendto(fd, raw.as_ptr().cast(), raw.len(), 0, to, len) }
+                    // SAFETY: `to` is a valid address of `len` bytes.
+                    unsafe { sys::sendto(fd, raw, 0, to, len) }
                 }
+            });
+            let err = match n {
+                Ok(_) => return Ok(Sent::Done),
+                Err(err) => err,
             };
-            if n >= 0 {
-                return Ok(Sent::Done);
-            }
-            let err = std::io::Error::last_os_error();
             return Ok(if is_retry(&err) {
                 Sent::Retry
             } else {

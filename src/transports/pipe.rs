@@ -20,6 +20,8 @@
 
 use std::os::fd::RawFd;
 
+use oxloop_core::sys;
+
 use pyo3::exceptions::{
     PyAssertionError, PyAttributeError, PyBrokenPipeError, PyNotImplementedError, PyValueError,
 };
@@ -35,27 +37,19 @@ use crate::py;
 
 /// The file type of `fd` (`os.fstat(fd).st_mode & S_IFMT`).
 fn file_type(fd: RawFd) -> PyResult<libc::mode_t> {
-    // SAFETY: `stat` is plain data, fully written by a successful fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-pointer for the call.
-    if unsafe { libc::fstat(fd, &raw mut st) } < 0 {
-        return Err(os_error(&std::io::Error::last_os_error()));
-    }
-    Ok(st.st_mode & libc::S_IFMT)
+    // SAFETY: the pipe object the transport is being made over holds `fd` (its
+    // `fileno()` just now, as asyncio's `os.fstat(self._fileno)`).
+    unsafe { sys::borrow(fd) }
+        .and_then(sys::file_type)
+        .map_err(|e| os_error(&e))
 }
 
 /// `os.set_blocking(fd, False)`.
 fn set_non_blocking(fd: RawFd) -> PyResult<()> {
-    // SAFETY: plain fcntl calls on a descriptor we were given.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(os_error(&std::io::Error::last_os_error()))
-    }
+    // SAFETY: as in `file_type`.
+    unsafe { sys::borrow(fd) }
+        .and_then(sys::set_nonblocking)
+        .map_err(|e| os_error(&e))
 }
 
 /// `pipe.fileno()`, its file type checked as the pipe transports check it, and the
@@ -133,9 +127,11 @@ impl ReadPipeTransport {
             // The pipe was detached (`_pipe = None`) or the transport closed.
             return Ok(());
         };
-        // `fd` is owned: `owned_fd` just now, and no Python code runs before the
-        // read.
-        match crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Read) {
+        // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code runs
+        // before the read.
+        let read = unsafe { sys::borrow(fd) }
+            .and_then(|fd| crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Read));
+        match read {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on pipe transport")

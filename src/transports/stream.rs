@@ -13,6 +13,8 @@
 
 use std::os::fd::RawFd;
 
+use oxloop_core::sys;
+
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
@@ -136,16 +138,14 @@ impl StreamTransport {
     ) -> PyResult<()> {
         let py = base.py();
         let got = super::with_scratch(|buf| {
-            // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is owned.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(Err(std::io::Error::last_os_error()));
-            }
+            // SAFETY: `fd` is owned (the caller's `owned_fd`, no Python code since).
+            let fd = unsafe { sys::borrow(fd) }.map_err(Err)?;
+            let n = sys::recv(fd, buf, 0).map_err(Err)?;
             if n == 0 {
                 return Ok(false);
             }
             // No Python code runs inside (`bio_write`): the scratch borrow is safe.
-            SslProtocol::bio_write(tls, &buf[..n as usize])
+            SslProtocol::bio_write(tls, &buf[..n])
                 .map(|()| true)
                 .map_err(Ok)
         });
@@ -177,12 +177,10 @@ impl StreamTransport {
         let Some(fd) = this.owned_fd(py) else {
             return Err(this.fd_gone_error(py, "shutdown"));
         };
-        // SAFETY: plain syscall; `fd` is owned (`owned_fd` just now, no Python
-        // code since).
-        if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
-            return Err(os_error(&std::io::Error::last_os_error()));
-        }
-        Ok(())
+        // SAFETY: `fd` is owned (`owned_fd` just now, no Python code since).
+        unsafe { sys::borrow(fd) }
+            .and_then(sys::shutdown_write)
+            .map_err(|e| os_error(&e))
     }
 }
 
@@ -262,9 +260,11 @@ impl StreamTransport {
         if let Ok(tls) = protocol.cast_exact::<SslProtocol>() {
             return Self::read_tls(base, tls, fd);
         }
-        // `fd` is owned: `owned_fd` just now, and no Python code runs before the
-        // recv.
-        match crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Recv(0)) {
+        // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code runs
+        // before the recv.
+        let read = unsafe { sys::borrow(fd) }
+            .and_then(|fd| crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Recv(0)));
+        match read {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {
                 Transport::fatal_error(base, os_error(&e), "Fatal read error on socket transport")

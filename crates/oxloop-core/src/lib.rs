@@ -4,8 +4,8 @@
 //! [`poller::Poller`] (epoll), the [`waker::Waker`] (eventfd) that wakes a blocked
 //! poll, the [`timers::TimerHeap`] ordered by `(when, insertion)` with asyncio's lazy
 //! cancellation, the fd [`registry::Registry`] whose generation tokens reject stale
-//! events, the monotonic [`clock`], and where a read buffer may start
-//! ([`buffers`]). The PyO3 layer (`src/` at the workspace root) owns the Python
+//! events, the monotonic [`clock`], where a read buffer may start
+//! ([`buffers`]), and every raw syscall on a transport's fd ([`sys`]). The PyO3 layer (`src/` at the workspace root) owns the Python
 //! objects and drives these pieces.
 #![warn(missing_docs)]
 
@@ -13,6 +13,7 @@ pub mod buffers;
 pub mod clock;
 pub mod poller;
 pub mod registry;
+pub mod sys;
 pub mod timers;
 pub mod waker;
 
