@@ -85,6 +85,7 @@ tools: ## Debian tools the benchmarks use (wrk, valgrind), installed when missin
 bench: build-prod tools sys-deps ## the side-by-side suites: micro (loop primitives) and net (servers under load)
 	$(PY) benches/micro.py
 	$(PY) benches/net.py
+	$(PY) benches/memory.py
 
 .PHONY: bench-instructions
 bench-instructions: build-prod tools sys-deps ## instructions per request of each network server under callgrind, loop by loop
