@@ -340,7 +340,7 @@ pub fn read_into_new_bytes<'py>(
     if ffi::Py_ssize_t::try_from(max).is_err() {
         return Err(crate::errors::AllocError::TooLarge.into_io());
     }
-    let mut obj = new_read_bytes(max);
+    let obj = new_read_bytes(max);
     if obj.is_null() {
         return Err(crate::errors::AllocError::NoMemory.into_io());
     }
@@ -360,16 +360,11 @@ pub fn read_into_new_bytes<'py>(
             return other.map(|_| None);
         }
     };
-    // `n <= max`, which fits a Py_ssize_t (checked above).
-    let n = ffi::Py_ssize_t::try_from(n).unwrap_or(ffi::Py_ssize_t::MAX);
-    // SAFETY: shrinking our own unshared bytes; on failure CPython frees it.
-    if unsafe { _PyBytes_Resize(&raw mut obj, n) } < 0 {
-        // SAFETY: an exception (MemoryError) is set.
-        unsafe { ffi::PyErr_Clear() };
-        return Err(crate::errors::AllocError::NoMemory.into_io());
-    }
-    // SAFETY: `obj` is a valid new reference.
-    Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }))
+    // SAFETY: `obj` is a valid new reference, still ours alone.
+    let obj = unsafe { Bound::from_owned_ptr(py, obj) };
+    shrink_bytes(obj, n)
+        .map(Some)
+        .ok_or_else(|| crate::errors::AllocError::NoMemory.into_io())
 }
 
 type Vectorcall = unsafe extern "C-unwind" fn(
@@ -451,8 +446,9 @@ pub unsafe fn writable_view<'py>(
     }
 }
 
-/// Shrinks (or grows) a `bytes` made by [`new_bytes_to_fill`] to `size`; `None` when
-/// out of memory (the object is freed then).
+/// Shrinks (or grows) a fresh `bytes` nobody else has seen (made by
+/// [`new_bytes_to_fill`] or for [`read_into_new_bytes`]) to `size`; `None` when out
+/// of memory (the object is freed then).
 pub fn shrink_bytes(bytes: Bound<'_, PyAny>, size: usize) -> Option<Bound<'_, PyAny>> {
     let py = bytes.py();
     let mut obj = bytes.into_ptr();

@@ -27,14 +27,14 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{
     PyAssertionError, PyConnectionAbortedError, PyConnectionResetError, PyException,
-    PyKeyboardInterrupt, PyNotImplementedError, PyOSError, PyRuntimeError, PySystemExit,
-    PyTypeError, PyValueError,
+    PyNotImplementedError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::base::{is_exit, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use super::stream::StreamTransport;
 use crate::ffi;
 use crate::gil::{GilCell, GilRefCell};
@@ -49,9 +49,6 @@ const RECORD_PLAINTEXT_MAX: usize = 16 * 1024;
 /// The most one TLS record takes on the wire (a 5-byte header and up to 2^14 + 256
 /// bytes of ciphertext, RFC 8446, 5.2).
 const RECORD_CIPHERTEXT_MAX: usize = RECORD_PLAINTEXT_MAX + 256 + 5;
-
-/// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// CPython: `SSLProtocolState`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -224,10 +221,6 @@ struct State {
     /// `get_buffer()`'s buffer, for a transport that reads into its protocol's
     /// buffer (a stdlib transport; oxloop's own hands the bytes over directly).
     ssl_buffer: Option<Py<PyByteArray>>,
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 /// asyncio's `SSLAgainErrors`: `(ssl.SSLWantReadError, ssl.SSLSyscallError)`.
@@ -485,43 +478,42 @@ impl SslProtocol {
         let mut eof = false;
         let mut drained = false;
         let mut want = io.incoming_pending(py)?.clamp(1, MAX_SIZE);
+        let mut reading = true;
         if io.c_object && want <= RECORD_CIPHERTEXT_MAX {
-            // Most events bring one record: `read(n)` returns its `bytes` (no view).
+            // Most events bring one record: `read(n)` returns its `bytes` (no view),
+            // which goes to the app as it is when nothing follows it.
             let first =
                 match ffi::vectorcall(io.read.bind(py), &[&want.into_pyobject(py)?.into_any()]) {
                     Ok(b) => b.cast_into::<PyBytes>()?,
                     Err(e) if is_again(py, &e)? => return Ok(false),
                     Err(e) => return Err(e),
                 };
-            let n = first.as_bytes().len();
-            let avail = if n == 0 { 0 } else { io.incoming_pending(py)? };
-            if n == 0 || (avail == 0 && n < want) {
-                // close_notify, or drained (see below).
-                if n > 0 {
-                    if let Some(app) = this_app(slf) {
-                        ffi::call_protocol(&app, intern!(py, "data_received"), &[first.as_any()])?;
-                    }
-                    return Ok(true);
-                }
-                Self::call_eof_received(slf)?;
-                Self::start_shutdown(slf)?;
-                return Ok(false);
-            }
-            // More: go on into one buffer that starts with this record.
-            want = if avail == 0 {
-                RECORD_PLAINTEXT_MAX
+            len = first.as_bytes().len();
+            reading = false;
+            if len == 0 {
+                eof = true; // close_notify
             } else {
-                avail.min(MAX_SIZE)
-            };
-            cap = n + want;
-            let buf = ffi::new_bytes_to_fill(py, cap)
-                .ok_or_else(|| pyo3::exceptions::PyMemoryError::new_err(()))?;
-            // SAFETY: `buf` is fresh and unshared; `n <= cap`.
-            unsafe { ffi::fill_bytes(&buf, 0, first.as_bytes()) };
-            data = Some(buf);
-            len = n;
+                match next_read(io.incoming_pending(py)?, len, want) {
+                    None => {
+                        drained = true;
+                        cap = len;
+                        data = Some(first.into_any());
+                    }
+                    // More: go on into one buffer that starts with this record.
+                    Some(next) => {
+                        want = next;
+                        cap = len + want;
+                        let buf = ffi::new_bytes_to_fill(py, cap)
+                            .ok_or_else(|| pyo3::exceptions::PyMemoryError::new_err(()))?;
+                        // SAFETY: `buf` is fresh and unshared; `len <= cap`.
+                        unsafe { ffi::fill_bytes(&buf, 0, first.as_bytes()) };
+                        data = Some(buf);
+                        reading = true;
+                    }
+                }
+            }
         }
-        loop {
+        while reading {
             let buf = match data.take() {
                 None => {
                     cap = want;
@@ -554,28 +546,23 @@ impl SslProtocol {
                 break;
             }
             len += n;
-            // OpenSSL reads one record per call and, without read-ahead (Python
-            // never sets it), takes from the BIO only the record it decrypts: when
-            // the BIO is empty and the read did not fill what was asked, nothing is
-            // left to decrypt and asyncio's next read would only raise
-            // SSLWantReadError. A filled read may leave plaintext in OpenSSL
-            // (`pending()`): ask again, for up to a whole record.
-            let avail = io.incoming_pending(py)?;
-            if avail == 0 && n < want {
-                drained = true;
-                break;
+            match next_read(io.incoming_pending(py)?, n, want) {
+                None => {
+                    drained = true;
+                    reading = false;
+                }
+                Some(next) => want = next,
             }
-            want = if avail == 0 {
-                RECORD_PLAINTEXT_MAX
-            } else {
-                avail.min(MAX_SIZE)
-            };
         }
         if len > 0 {
             let data = data.take().expect("len > 0 after a read into data");
-            let data = ffi::shrink_bytes(data, len)
-                .ok_or_else(|| pyo3::exceptions::PyMemoryError::new_err(()))?;
-            if let Some(app) = this_app(slf) {
+            let data = if len < cap {
+                ffi::shrink_bytes(data, len)
+                    .ok_or_else(|| pyo3::exceptions::PyMemoryError::new_err(()))?
+            } else {
+                data
+            };
+            if let Some(app) = slf.get().app_protocol(py) {
                 ffi::call_protocol(&app, intern!(py, "data_received"), &[&data])?;
             }
         }
@@ -1177,9 +1164,19 @@ impl SslProtocol {
     }
 }
 
-/// The application protocol, if any (after `connection_lost` there is none).
-fn this_app<'py>(slf: &Bound<'py, SslProtocol>) -> Option<Bound<'py, PyAny>> {
-    slf.get().app_protocol(slf.py())
+/// What the next `SSLObject.read` asks for after one that returned `n` of `want`
+/// with `avail` bytes of ciphertext left in the BIO; `None` when nothing is left to
+/// decrypt. OpenSSL reads one record per call and, without read-ahead (Python never
+/// sets it), takes from the BIO only the record it decrypts: when the BIO is empty
+/// and the read did not fill what was asked, asyncio's next read would only raise
+/// SSLWantReadError. A filled read may leave plaintext in OpenSSL (`pending()`):
+/// ask again, for up to a whole record.
+fn next_read(avail: usize, n: usize, want: usize) -> Option<usize> {
+    match avail {
+        0 if n < want => None,
+        0 => Some(RECORD_PLAINTEXT_MAX),
+        _ => Some(avail.min(MAX_SIZE)),
+    }
 }
 
 #[pymethods]
