@@ -157,6 +157,32 @@ def b_call_soon(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None])
     return times[1] - times[0]
 
 
+def b_threadsafe_local(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
+    """As b_call_soon, with call_soon_threadsafe called on the loop's own thread: the
+    API's cost (handle, queue, wake-up check) without a second thread's scheduling."""
+    times = [0.0, 0.0]
+    left = [n // BATCH]
+
+    def step() -> None:
+        post = loop.call_soon_threadsafe
+        for _ in range(BATCH):
+            post(cb)
+        left[0] -= 1
+        post(step if left[0] else finish)
+
+    def start() -> None:
+        times[0] = clock()
+        step()
+
+    def finish() -> None:
+        times[1] = clock()
+        loop.stop()
+
+    loop.call_soon(start)
+    loop.run_forever()
+    return times[1] - times[0]
+
+
 def b_call_soon_chain(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
     """One callback that re-schedules itself n times: one loop iteration per callback, so
     this is the per-iteration cost (a zero-timeout poll, timer check, bookkeeping)."""
@@ -442,6 +468,15 @@ BENCHES = [
         b_future,
         n=40_000,
         doc='fut = create_future(); call_soon(fut.set_result, None); await fut; n times',
+    ),
+    Bench(
+        'threadsafe_local',
+        'call_soon_threadsafe (same thread)',
+        b_threadsafe_local,
+        n=500_000,
+        batch=BATCH,
+        expect_calls=lambda n: n,
+        doc='call_soon_threadsafe(cb) from a callback on the loop thread, 1000 per iteration',
     ),
     Bench(
         'threadsafe',

@@ -54,15 +54,24 @@ unsafe fn parse<'py>(
     let mut context = None;
     if !kwnames.is_null() {
         // SAFETY: kwnames is a tuple of str, borrowed for the call.
-        let kwnames = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
-        let kwnames = kwnames.cast_into::<PyTuple>()?;
-        for (k, name) in kwnames.iter().enumerate() {
-            let name = name.cast_into::<PyString>()?;
-            let value = at(nargs + k);
-            let text = name.to_str()?;
-            if text == "context" {
+        let count = unsafe { ffi::PyTuple_GET_SIZE(kwnames) };
+        let interned = pyo3::intern!(py, "context").as_ptr();
+        for k in 0..count {
+            // SAFETY: k < len(kwnames); a borrowed str.
+            let name = unsafe { ffi::PyTuple_GET_ITEM(kwnames, k) };
+            let value = at(nargs + usize::try_from(k).unwrap_or(0));
+            // `context=` (the C Task passes it on every step, in a tuple of its
+            // own that is not interned): an identity check with the interned name,
+            // else the str's UTF-8 view (its own data for an ASCII str), before the
+            // general path.
+            if std::ptr::eq(name, interned) || is_context_name(name) {
                 context = Some(value);
-            } else if let Some(i) = names.iter().position(|n| *n == text) {
+                continue;
+            }
+            // SAFETY: as above, borrowed for the call.
+            let name = unsafe { Bound::from_borrowed_ptr(py, name) }.cast_into::<PyString>()?;
+            let text = name.to_str()?;
+            if let Some(i) = names.iter().position(|n| *n == text) {
                 if fixed[i].is_some() || nargs > i {
                     return Err(PyTypeError::new_err(format!(
                         "{method}() got multiple values for argument '{text}'"
@@ -87,6 +96,22 @@ unsafe fn parse<'py>(
         args: extra,
         context,
     })
+}
+
+/// `name == "context"` for a keyword name.
+fn is_context_name(name: *mut ffi::PyObject) -> bool {
+    let mut len: ffi::Py_ssize_t = 0;
+    // SAFETY: `name` is a live str (CPython's contract for kwnames); the UTF-8
+    // view lives as long as the str, and is read at once. A failure (a lone
+    // surrogate) is cleared and answered by the general path.
+    unsafe {
+        let data = ffi::PyUnicode_AsUTF8AndSize(name, &mut len);
+        if data.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        len == 7 && std::slice::from_raw_parts(data.cast::<u8>(), 7) == b"context"
+    }
 }
 
 /// The message of a caught panic.

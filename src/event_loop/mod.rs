@@ -254,6 +254,7 @@ impl LoopCore {
             py,
             Self::new_handle(slf, callback, args, context, method, thread_check)?,
         )?;
+        Handle::enter_queue(&handle);
         slf.get().push_ready(py, handle.clone().unbind());
         Ok(handle)
     }
@@ -279,12 +280,26 @@ impl LoopCore {
         )?;
         let base = timer.as_super();
         base.get().set_scheduled(true);
+        Handle::enter_queue(base);
         slf.get()
             .state
             .borrow_mut(py)
             .timers
             .push(when, Timer(base.clone().unbind()));
         Ok(timer)
+    }
+}
+
+/// Lets go of handles taken out of the ready queue and the timer heap (see
+/// [`Handle::leave_queue`]); called with no state borrowed (dropping a handle can
+/// run Python code).
+fn release_queued(
+    py: Python<'_>,
+    ready: impl IntoIterator<Item = Py<Handle>>,
+    timers: impl IntoIterator<Item = Timer>,
+) {
+    for handle in ready.into_iter().chain(timers.into_iter().map(|t| t.0)) {
+        Handle::leave_queue(&handle.into_bound(py));
     }
 }
 
@@ -686,7 +701,7 @@ impl LoopCore {
     /// poller; the Python `close()` calls it after asyncio's own checks.
     fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Relaxed);
-        let (ready, mut timers, fds) = {
+        let (ready, timers, fds) = {
             let mut st = self.state.borrow_mut(py);
             let ready = std::mem::take(&mut st.ready);
             let mut timers = Vec::new();
@@ -697,7 +712,8 @@ impl LoopCore {
         self.poller.close();
         self.waker.close();
         // Dropped here, outside the borrow: releasing them may run Python code.
-        drop((ready, std::mem::take(&mut timers), fds));
+        release_queued(py, ready, timers);
+        drop(fds);
     }
 
     // ----- fd callbacks (selector_events.py) ------------------------------------
@@ -920,12 +936,12 @@ impl LoopCore {
             return Ok(());
         };
         for h in &st.ready {
-            visit.call(h)?;
+            Handle::traverse_queued(h, &visit)?;
         }
         let mut result = Ok(());
         st.timers.for_each(|t| {
             if result.is_ok() {
-                result = visit.call(&t.0);
+                result = Handle::traverse_queued(&t.0, &visit);
             }
         });
         result?;
@@ -942,12 +958,13 @@ impl LoopCore {
     }
 
     fn __clear__(&self, py: Python<'_>) {
-        let (ready, mut timers, fds) = {
+        let (ready, timers, fds) = {
             let mut st = self.state.borrow_mut(py);
             let mut timers = Vec::new();
             st.timers.clear_into(&mut timers);
             (std::mem::take(&mut st.ready), timers, st.fds.drain())
         };
-        drop((ready, std::mem::take(&mut timers), fds));
+        release_queued(py, ready, timers);
+        drop(fds);
     }
 }

@@ -45,7 +45,7 @@ impl LoopCore {
         // Dropping a handle can run Python code (`__del__` of what its context
         // holds) that releases the GIL and lets a thread call call_soon_threadsafe:
         // before the timeout is computed, so that such a callback is seen.
-        drop(purged);
+        super::release_queued(py, [], purged);
         let custom_time = Self::custom_time(slf)?;
 
         // The sleeping flag is set before anything below can run Python (a replaced
@@ -162,14 +162,15 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
-            if handle.get().is_cancelled() {
-                continue;
-            }
-            if this.debug() {
-                Self::run_handle_debug(slf, &handle)?;
+            let result = if handle.get().is_cancelled() {
+                Ok(())
+            } else if this.debug() {
+                Self::run_handle_debug(slf, &handle)
             } else {
-                Self::run_handle(slf, &handle)?;
-            }
+                Self::run_handle(slf, &handle)
+            };
+            Handle::leave_queue(&handle);
+            result?;
         }
         Ok(())
     }

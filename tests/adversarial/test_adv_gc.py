@@ -7,11 +7,16 @@ child interpreter (a crash must fail the test, not the run)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import subprocess
 import sys
 import textwrap
+import warnings
+import weakref
 
-from conftest import LOOP_SOURCE
+import pytest
+from conftest import LOOP_SOURCE, new_loop
 
 _BODY = textwrap.dedent(
     """
@@ -103,3 +108,97 @@ def test_gc_at_every_allocation_while_transports_are_made(loop_impl):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == 'ok'
+
+
+# --------------------------------------------------------------------------------------
+# Handles and the collector. oxloop takes a queued handle out of the collector's lists
+# while the loop holds it (issue 11: a thousand queued handles were walked on every
+# collection); these check that a cycle through a handle is still collected once the
+# loop lets it go, and that nothing a queued handle holds is collected meanwhile.
+
+
+class _Holder:
+    """An object in a cycle with the handle of its own callback (obj -> handle ->
+    bound method -> obj), as code that keeps its timer handle makes."""
+
+    def __init__(self) -> None:
+        self.handle: object = None
+        self.ran = 0
+
+    def method(self) -> None:
+        self.ran += 1
+
+
+def _collected(ref: weakref.ref) -> bool:
+    for _ in range(3):
+        gc.collect()
+    return ref() is None
+
+
+@pytest.mark.parametrize('how', ['call_soon', 'call_later', 'call_at', 'call_soon_threadsafe'])
+def test_cycle_through_a_handle_that_ran_is_collected(loop, how):
+    holder = _Holder()
+    if how == 'call_soon':
+        holder.handle = loop.call_soon(holder.method)
+    elif how == 'call_later':
+        holder.handle = loop.call_later(0, holder.method)
+    elif how == 'call_at':
+        holder.handle = loop.call_at(loop.time(), holder.method)
+    else:
+        holder.handle = loop.call_soon_threadsafe(holder.method)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert holder.ran == 1
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+@pytest.mark.parametrize('how', ['call_soon', 'call_later'])
+def test_cycle_through_a_pending_handle_is_collected_after_close(loop_factory, how):
+    lp = loop_factory()
+    holder = _Holder()
+    holder.handle = lp.call_soon(holder.method) if how == 'call_soon' else lp.call_later(3600, holder.method)
+    lp.close()
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+def test_a_queued_callback_survives_collections(loop):
+    """What only a queued handle holds (a callback whose object is in a cycle of its
+    own) stays alive and intact through collections until it runs."""
+
+    class Cyclic:
+        def __init__(self) -> None:
+            self.me = self
+            self.payload = list(range(10))
+
+    seen = []
+
+    def record(c: Cyclic) -> None:
+        seen.append(sum(c.me.payload))
+
+    for _ in range(50):
+        loop.call_soon(record, Cyclic())
+        loop.call_later(0, record, Cyclic())
+    for _ in range(3):
+        gc.collect()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == [45] * 100
+
+
+def test_an_unreferenced_loop_with_pending_callbacks_is_collected(loop_impl):
+    """An unclosed loop that nothing references is collected (after asyncio's
+    ResourceWarning), pending callbacks and all: its handles point back at it."""
+    lp = new_loop(loop_impl)
+    holder = _Holder()
+    lp.call_soon(holder.method)
+    lp.call_later(3600, holder.method)
+    ref = weakref.ref(lp)
+    holder_ref = weakref.ref(holder)
+    del holder
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ResourceWarning)
+        del lp
+        assert _collected(ref)
+    assert _collected(holder_ref)
