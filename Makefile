@@ -89,6 +89,7 @@ bench: build-prod tools sys-deps ## the side-by-side suites: micro (loop primiti
 
 .PHONY: bench-instructions
 bench-instructions: build-prod tools sys-deps ## instructions per request of each network server under callgrind, loop by loop
+	$(PY) benches/micro_instructions.py
 	$(PY) benches/instructions.py
 
 .PHONY: demo
