@@ -224,9 +224,20 @@ pub fn run_native_in_context(
     }
     // SAFETY: as above, a live borrowed reference.
     let target = unsafe { Bound::from_borrowed_ptr(py, target) };
+    run_native(py, context, &target, native)
+}
+
+/// Runs a native transport's reader or writer body on `target` inside `context`
+/// (what `context.run(target._read_ready)` does, without the method object).
+pub fn run_native(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+    target: &Bound<'_, PyAny>,
+    native: crate::handles::NativeFn,
+) -> PyResult<()> {
     with_context(py, context, || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hang_on_forced_unwind(|| native(&target))
+            hang_on_forced_unwind(|| native(target))
         }))
         .unwrap_or_else(|payload| {
             Err(pyo3::panic::PanicException::new_err(

@@ -39,6 +39,7 @@ use crate::gil::GilRefCell;
 use crate::handles::{capture_source_traceback, Handle, TimerHandle};
 use crate::py;
 use crate::sockaddr::SockAddr;
+use crate::transports::base::Transport;
 
 /// The poller token of the waker's eventfd (never a registry token: those carry a
 /// generation >= 1 in the high half and an fd < 2^31 in the low half).
@@ -58,12 +59,88 @@ impl TimerEntry for Timer {
     }
 }
 
+/// What watches one direction of an fd.
+pub(crate) enum Watcher {
+    /// `add_reader`/`add_writer` and the `sock_*` waiters: asyncio's `Handle`.
+    Handle(Py<Handle>),
+    /// A native transport's own reader or writer: its readiness is queued as a
+    /// [`Ready::Transport`] entry, with no Python object made per event or per watch.
+    Transport(Py<Transport>),
+}
+
+impl Watcher {
+    /// What asyncio's `handle.cancel()` does to a replaced or removed watcher: it
+    /// will not run, even if its event is already queued.
+    pub(crate) fn cancel(self, py: Python<'_>, direction: Direction) -> PyResult<()> {
+        match self {
+            Self::Handle(handle) => Handle::cancel_impl(handle.bind(py)),
+            Self::Transport(transport) => {
+                transport.get().end_watch(direction);
+                Ok(())
+            }
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Self::Handle(handle) => Self::Handle(handle.clone_ref(py)),
+            Self::Transport(transport) => Self::Transport(transport.clone_ref(py)),
+        }
+    }
+
+    /// The handle asyncio would hold for this watcher (introspection only).
+    fn as_handle<'py>(
+        &self,
+        py: Python<'py>,
+        direction: Direction,
+    ) -> PyResult<Bound<'py, Handle>> {
+        match self {
+            Self::Handle(handle) => Ok(handle.bind(py).clone()),
+            Self::Transport(transport) => Transport::ready_handle(transport.bind(py), direction),
+        }
+    }
+}
+
+/// An entry of the ready queue.
+pub(crate) enum Ready {
+    /// A callback (`call_soon`, a due timer, a fired `add_reader` watch).
+    Handle(Py<Handle>),
+    /// A native transport's work, run in Rust (transports/base.rs).
+    Transport(Py<Transport>, TransportEvent),
+}
+
+impl Ready {
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Self::Handle(h) => Self::Handle(h.clone_ref(py)),
+            Self::Transport(t, TransportEvent::Ready(direction, generation)) => Self::Transport(
+                t.clone_ref(py),
+                TransportEvent::Ready(*direction, *generation),
+            ),
+            Self::Transport(t, TransportEvent::StartReading(context)) => Self::Transport(
+                t.clone_ref(py),
+                TransportEvent::StartReading(context.clone_ref(py)),
+            ),
+        }
+    }
+}
+
+/// What a [`Ready::Transport`] entry runs.
+pub(crate) enum TransportEvent {
+    /// Its fd is ready in this direction; skipped when the watch it came from was
+    /// removed or replaced since (the generation then differs).
+    Ready(Direction, u32),
+    /// asyncio's `call_soon(self._add_reader, fd, self._read_ready)` of a new
+    /// transport, with the context of that call.
+    StartReading(Py<PyAny>),
+}
+
 /// The callbacks watching one fd. Holds Python objects: a value taken out of the
 /// registry is dropped after the state borrow ends.
 #[derive(Default)]
 pub(crate) struct FdWatch {
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
+    reader: Option<Watcher>,
+    writer: Option<Watcher>,
     /// The file object registered, when it was not an int (asyncio's
     /// `SelectorKey.fileobj`): found by identity once its `fileno()` is gone.
     fileobj: Option<Py<PyAny>>,
@@ -79,7 +156,7 @@ impl FdWatch {
 }
 
 pub(crate) struct State {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     timers: TimerHeap<Timer>,
     fds: Registry<FdWatch>,
     /// Lent to the poll (taken out while the GIL is released).
@@ -111,13 +188,29 @@ pub struct LoopCore {
 }
 
 /// `(fileobj, fd, events, reader, writer)` as a `selectors.SelectorKey` holds them.
-type FdKey = (Py<PyAny>, RawFd, u8, Option<Py<Handle>>, Option<Py<Handle>>);
+type FdKey<'py> = (
+    Py<PyAny>,
+    RawFd,
+    u8,
+    Option<Bound<'py, Handle>>,
+    Option<Bound<'py, Handle>>,
+);
 
 /// Which callback of an fd.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Read,
     Write,
+}
+
+impl Direction {
+    /// 0 for reading, 1 for writing (per-direction arrays).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Read => 0,
+            Self::Write => 1,
+        }
+    }
 }
 
 impl LoopCore {
@@ -237,7 +330,25 @@ impl LoopCore {
     }
 
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
-        self.state.borrow_mut(py).ready.push_back(handle);
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push_back(Ready::Handle(handle));
+    }
+
+    /// Queues a native transport's work (as `call_soon` would queue its callback).
+    pub(crate) fn push_transport_event(
+        &self,
+        py: Python<'_>,
+        transport: Py<Transport>,
+        event: TransportEvent,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push_back(Ready::Transport(transport, event));
+        Ok(())
     }
 
     /// `call_soon` and `call_soon_threadsafe`: a checked handle, queued.
@@ -295,10 +406,14 @@ impl LoopCore {
 /// run Python code).
 fn release_queued(
     py: Python<'_>,
-    ready: impl IntoIterator<Item = Py<Handle>>,
+    ready: impl IntoIterator<Item = Ready>,
     timers: impl IntoIterator<Item = Timer>,
 ) {
-    for handle in ready.into_iter().chain(timers.into_iter().map(|t| t.0)) {
+    let handles = ready.into_iter().filter_map(|entry| match entry {
+        Ready::Handle(handle) => Some(handle),
+        Ready::Transport(..) => None,
+    });
+    for handle in handles.chain(timers.into_iter().map(|t| t.0)) {
         Handle::leave_queue(&handle.into_bound(py));
     }
 }
@@ -804,16 +919,31 @@ impl LoopCore {
         self.timer_cancelled_count.load(Ordering::Relaxed)
     }
 
-    /// A snapshot of the ready queue (asyncio's `_ready` deque, read-only here).
+    /// A snapshot of the ready queue (asyncio's `_ready` deque, read-only here);
+    /// a native transport's entry shows as the handle asyncio would have queued.
     #[getter]
-    fn _ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let items: Vec<Py<Handle>> = self
+    fn _ready<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyList>> {
+        let py = slf.py();
+        let entries: Vec<Ready> = slf
+            .get()
             .state
             .borrow_mut(py)
             .ready
             .iter()
-            .map(|h| h.clone_ref(py))
+            .map(|entry| entry.clone_ref(py))
             .collect();
+        let items = entries
+            .into_iter()
+            .map(|entry| match entry {
+                Ready::Handle(h) => Ok(h.into_bound(py)),
+                Ready::Transport(t, TransportEvent::Ready(direction, _)) => {
+                    Transport::ready_handle(t.bind(py), direction)
+                }
+                Ready::Transport(t, TransportEvent::StartReading(context)) => {
+                    Transport::start_reading_handle(t.bind(py), Some(context.bind(py)))
+                }
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
 
@@ -832,7 +962,7 @@ impl LoopCore {
     /// `selectors.SelectorKey` holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2), found
     /// as `selectors` finds it (a closed file object by identity); `KeyError` when
     /// unwatched. Backs the read-only `loop._selector` view.
-    fn _fd_key(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<FdKey> {
+    fn _fd_key<'py>(&self, py: Python<'py>, fileobj: &Bound<'py, PyAny>) -> PyResult<FdKey<'py>> {
         let found = match self.lookup_fd(fileobj)? {
             readers::FdArg::Fd(fd) => {
                 let st = self.state.try_borrow_mut(py)?;
@@ -842,8 +972,8 @@ impl LoopCore {
                         fd,
                         watch.fileobj.as_ref().map(|o| o.clone_ref(py)),
                         u8::from(interest.read) | (u8::from(interest.write) << 1),
-                        watch.reader.as_ref().map(|h| h.clone_ref(py)),
-                        watch.writer.as_ref().map(|h| h.clone_ref(py)),
+                        watch.reader.as_ref().map(|w| w.clone_ref(py)),
+                        watch.writer.as_ref().map(|w| w.clone_ref(py)),
                     )
                 })
             }
@@ -860,6 +990,12 @@ impl LoopCore {
             Some(obj) => obj,
             None => fd.into_pyobject(py)?.into_any().unbind(),
         };
+        let reader = reader
+            .map(|w| w.as_handle(py, Direction::Read))
+            .transpose()?;
+        let writer = writer
+            .map(|w| w.as_handle(py, Direction::Write))
+            .transpose()?;
         Ok((registered, fd, events, reader, writer))
     }
 
@@ -935,8 +1071,16 @@ impl LoopCore {
         let Some(st) = (unsafe { self.state.try_get_for_gc() }) else {
             return Ok(());
         };
-        for h in &st.ready {
-            Handle::traverse_queued(h, &visit)?;
+        for entry in &st.ready {
+            match entry {
+                Ready::Handle(h) => Handle::traverse_queued(h, &visit)?,
+                Ready::Transport(t, event) => {
+                    visit.call(t)?;
+                    if let TransportEvent::StartReading(context) = event {
+                        visit.call(context)?;
+                    }
+                }
+            }
         }
         let mut result = Ok(());
         st.timers.for_each(|t| {
@@ -947,11 +1091,16 @@ impl LoopCore {
         result?;
         let mut result = Ok(());
         st.fds.for_each(|_, w| {
+            for watcher in [&w.reader, &w.writer].into_iter().flatten() {
+                if result.is_ok() {
+                    result = match watcher {
+                        Watcher::Handle(h) => visit.call(h),
+                        Watcher::Transport(t) => visit.call(t),
+                    };
+                }
+            }
             if result.is_ok() {
-                result = visit
-                    .call(&w.reader)
-                    .and_then(|()| visit.call(&w.writer))
-                    .and_then(|()| visit.call(&w.fileobj));
+                result = visit.call(&w.fileobj);
             }
         });
         result

@@ -14,9 +14,10 @@ use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString, PyTuple};
 
-use super::{Direction, FdWatch, LoopCore, State};
+use super::{Direction, FdWatch, LoopCore, State, Watcher};
 use crate::errors::os_error;
 use crate::handles::Handle;
+use crate::transports::base::Transport;
 
 /// A file object resolved to an fd, as `selectors` resolves it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub(crate) fn fileobj_to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<FdArg> {
 #[derive(Default)]
 pub(crate) struct Unwatched {
     /// The callback removed.
-    pub(crate) handle: Option<Py<Handle>>,
+    pub(crate) handle: Option<Watcher>,
     /// The whole registration, when it went away.
     pub(crate) rest: Option<FdWatch>,
     /// The kernel refused to change the registration (which is dropped then).
@@ -100,7 +101,7 @@ pub(crate) struct Unwatched {
 #[derive(Default)]
 struct Watched {
     /// The callback replaced (cancelled on success, as asyncio does).
-    old: Option<Py<Handle>>,
+    old: Option<Watcher>,
     /// A registration dropped because the kernel refused it, or a value not stored.
     dropped: Option<FdWatch>,
     error: Option<std::io::Error>,
@@ -185,10 +186,37 @@ impl LoopCore {
         direction: Direction,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
+        slf.get().check_closed()?;
         let handle = Bound::new(py, Self::handle_for(slf, callback, args, None)?)?;
-        let new = Some(handle.clone().unbind());
+        let watcher = Watcher::Handle(handle.clone().unbind());
+        Self::install(slf, fd, fileobj, watcher, direction)?;
+        Ok(handle)
+    }
+
+    /// Watches a native transport's own fd: its readiness is queued as the
+    /// transport's event, with no handle (see `Transport::watch`).
+    pub(crate) fn watch_transport(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        transport: &Bound<'_, Transport>,
+        direction: Direction,
+    ) -> PyResult<()> {
+        slf.get().check_closed()?;
+        let watcher = Watcher::Transport(transport.clone().unbind());
+        Self::install(slf, fd, None, watcher, direction)
+    }
+
+    /// Puts `watcher` in the registry for `fd` and `direction`, telling the kernel.
+    fn install(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        fileobj: Option<&Bound<'_, PyAny>>,
+        watcher: Watcher,
+        direction: Direction,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let new = Some(watcher);
         let outcome = {
             let mut st = this.state.try_borrow_mut(py)?;
             let st = &mut *st;
@@ -259,9 +287,9 @@ impl LoopCore {
             return Err(os_error(&err));
         }
         if let Some(old) = outcome.old {
-            Handle::cancel_impl(old.bind(py))?;
+            old.cancel(py, direction)?;
         }
-        Ok(handle)
+        Ok(())
     }
 
     /// Stops watching `fd` in one direction (asyncio's `_remove_reader`/
@@ -293,7 +321,7 @@ impl LoopCore {
         }
         match handle {
             Some(handle) => {
-                Handle::cancel_impl(handle.bind(py))?;
+                handle.cancel(py, direction)?;
                 Ok(true)
             }
             None => Ok(false),

@@ -21,10 +21,11 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::{Direction, LoopCore, WAKER_TOKEN};
+use super::{Direction, LoopCore, Ready, TransportEvent, Watcher, WAKER_TOKEN};
 use crate::errors::os_error;
 use crate::handles::Handle;
 use crate::py;
+use crate::transports::base::Transport;
 
 /// CPython: `base_events.MAXIMUM_SELECT_TIMEOUT`.
 const MAXIMUM_SELECT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -135,13 +136,23 @@ impl LoopCore {
                         Direction::Read => &watch.reader,
                         Direction::Write => &watch.writer,
                     };
-                    let Some(handle) = slot.as_ref().filter(|_| fired) else {
+                    let Some(watcher) = slot.as_ref().filter(|_| fired) else {
                         continue;
                     };
-                    if handle.get().is_cancelled() {
-                        cancelled_watchers.push((fd, direction));
-                    } else {
-                        st.ready.push_back(handle.clone_ref(py));
+                    match watcher {
+                        Watcher::Handle(handle) if handle.get().is_cancelled() => {
+                            cancelled_watchers.push((fd, direction));
+                        }
+                        Watcher::Handle(handle) => {
+                            st.ready.push_back(Ready::Handle(handle.clone_ref(py)));
+                        }
+                        Watcher::Transport(transport) => {
+                            let generation = transport.get().watch_generation(direction);
+                            st.ready.push_back(Ready::Transport(
+                                transport.clone_ref(py),
+                                TransportEvent::Ready(direction, generation),
+                            ));
+                        }
                     }
                 }
             }
@@ -151,17 +162,23 @@ impl LoopCore {
                 removed.push(this.unwatch(st, fd, direction));
             }
             while let Some(timer) = st.timers.pop_due(end_time) {
-                st.ready.push_back(timer.0);
+                st.ready.push_back(Ready::Handle(timer.0));
             }
             st.ready.len()
         };
         drop(removed);
 
         for _ in 0..ntodo {
-            let Some(handle) = this.state.borrow_mut(py).ready.pop_front() else {
+            let Some(entry) = this.state.borrow_mut(py).ready.pop_front() else {
                 break;
             };
-            let handle = handle.into_bound(py);
+            let handle = match entry {
+                Ready::Handle(handle) => handle.into_bound(py),
+                Ready::Transport(transport, event) => {
+                    Self::run_transport_event(slf, transport.bind(py), event)?;
+                    continue;
+                }
+            };
             let result = if handle.get().is_cancelled() {
                 Ok(())
             } else if this.debug() {
@@ -175,6 +192,60 @@ impl LoopCore {
         Ok(())
     }
 
+    /// A native transport's queued work, as the handle asyncio would have queued
+    /// runs: errors other than `SystemExit`/`KeyboardInterrupt` go to the
+    /// exception handler, with that handle; in debug mode the handle is made and
+    /// run (`_current_handle`, the slow-callback warning).
+    fn run_transport_event(
+        slf: &Bound<'_, Self>,
+        transport: &Bound<'_, Transport>,
+        event: TransportEvent,
+    ) -> PyResult<()> {
+        let handle = match event {
+            TransportEvent::Ready(direction, generation) => {
+                if transport.get().watch_generation(direction) != generation {
+                    return Ok(()); // the watch was removed or replaced since
+                }
+                if !slf.get().debug() {
+                    let Err(err) = Transport::run_ready(transport, direction) else {
+                        return Ok(());
+                    };
+                    return Self::report_callback_error(slf, err, || {
+                        Transport::ready_handle(transport, direction)
+                    });
+                }
+                Transport::ready_handle(transport, direction)?
+            }
+            TransportEvent::StartReading(context) => {
+                if !slf.get().debug() {
+                    let context = context.bind(slf.py());
+                    let Err(err) = Transport::start_reading(transport, context) else {
+                        return Ok(());
+                    };
+                    return Self::report_callback_error(slf, err, || {
+                        Transport::start_reading_handle(transport, Some(context))
+                    });
+                }
+                Transport::start_reading_handle(transport, Some(context.bind(slf.py())))?
+            }
+        };
+        Self::run_handle_debug(slf, &handle)
+    }
+
+    /// `err` raised by the callback of `handle`: `SystemExit` and
+    /// `KeyboardInterrupt` stop the loop, anything else goes to the handler.
+    fn report_callback_error<'py>(
+        slf: &Bound<'py, Self>,
+        err: PyErr,
+        handle: impl FnOnce() -> PyResult<Bound<'py, Handle>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+            return Err(err);
+        }
+        Self::call_handler_for(slf, &handle()?, err)
+    }
+
     /// asyncio's `Handle._run()`: run, and report anything but `SystemExit` and
     /// `KeyboardInterrupt` (which stop the loop) to the exception handler.
     pub fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
@@ -185,6 +256,16 @@ impl LoopCore {
         if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
             return Err(err);
         }
+        Self::call_handler_for(slf, handle, err)
+    }
+
+    /// `Handle._run()`'s report: "Exception in callback ..." to the handler.
+    fn call_handler_for(
+        slf: &Bound<'_, Self>,
+        handle: &Bound<'_, Handle>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
         let h = handle.get();
         let (callback, args) = h.callback(py).map_or_else(
             || (py.None(), py.None()),

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use oxloop_core::sys;
@@ -28,9 +29,13 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemory
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
+use crate::event_loop::TransportEvent;
 use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
-use crate::handles::NativeFn;
+use crate::handles::{Handle, NativeFn};
+
+/// A reader's or writer's method name and Rust body.
+pub(super) type ReadyFn = (&'static str, NativeFn);
 use crate::py;
 
 /// Chunks handed to one `writev`.
@@ -142,12 +147,18 @@ pub struct Transport {
     /// zeroed memory reads as `None` here, and `__traverse__` stops at it.
     extra: Option<Py<PyDict>>,
     kind: Kind,
-    /// The bound methods registered as reader/writer callbacks (made once), and
-    /// their Rust bodies, which the loop calls directly (`Handle::set_native`).
-    read_ready: GilCell<Option<Py<PyAny>>>,
-    write_ready: GilCell<Option<Py<PyAny>>>,
-    read_native: OnceLock<NativeFn>,
-    write_native: OnceLock<NativeFn>,
+    /// The reader's and writer's method names and Rust bodies (`_read_ready`,
+    /// ...): the loop runs the body when the fd is ready (`Ready::Transport`),
+    /// and the bound method is made only where asyncio's handle must be shown.
+    read_ready: OnceLock<ReadyFn>,
+    write_ready: OnceLock<ReadyFn>,
+    /// Per direction (`Direction::index`): the context the watch runs its body
+    /// in, a copy made when the watch is made, as asyncio's `Handle` makes one.
+    watch_context: [GilCell<Option<Py<PyAny>>>; 2],
+    /// Per direction: changed whenever the watch is made, replaced or removed, so
+    /// that an event queued for an earlier watch does not run (asyncio cancels
+    /// that watch's handle).
+    watch_generation: [AtomicU32; 2],
     pub(super) state: GilRefCell<TransportState>,
 }
 
@@ -219,10 +230,10 @@ impl Transport {
             fd,
             extra: Some(extra.unbind()),
             kind,
-            read_ready: GilCell::new(None),
-            write_ready: GilCell::new(None),
-            read_native: OnceLock::new(),
-            write_native: OnceLock::new(),
+            read_ready: OnceLock::new(),
+            write_ready: OnceLock::new(),
+            watch_context: [GilCell::new(None), GilCell::new(None)],
+            watch_generation: [AtomicU32::new(0), AtomicU32::new(0)],
             state: GilRefCell::new(TransportState {
                 protocol: None,
                 buffered: false,
@@ -255,8 +266,8 @@ impl Transport {
         event_loop: &Bound<'py, LoopCore>,
         protocol: &Bound<'py, PyAny>,
         waiter: Option<&Bound<'py, PyAny>>,
-        read_ready: (&str, NativeFn),
-        write_ready: Option<(&str, NativeFn)>,
+        read_ready: ReadyFn,
+        write_ready: Option<ReadyFn>,
         read: bool,
     ) -> PyResult<Bound<'py, T>>
     where
@@ -280,28 +291,20 @@ impl Transport {
         slf: &Bound<'_, Self>,
         event_loop: &Bound<'_, LoopCore>,
         protocol: &Bound<'_, PyAny>,
-        read_ready: (&str, NativeFn),
-        write_ready: Option<(&str, NativeFn)>,
+        read_ready: ReadyFn,
+        write_ready: Option<ReadyFn>,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (read_ready, read_native) = read_ready;
-        let _ = this.read_native.set(read_native);
+        // Set once, when the object is made.
+        let _ = this.read_ready.set(read_ready);
+        if let Some(write_ready) = write_ready {
+            let _ = this.write_ready.set(write_ready);
+        }
         drop(
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
         );
-        drop(
-            this.read_ready
-                .replace(py, Some(slf.getattr(read_ready)?.unbind())),
-        );
-        if let Some((write_ready, write_native)) = write_ready {
-            let _ = this.write_native.set(write_native);
-            drop(
-                this.write_ready
-                    .replace(py, Some(slf.getattr(write_ready)?.unbind())),
-            );
-        }
         slf.call_method1("set_protocol", (protocol,))?;
         let server = this
             .state
@@ -338,18 +341,13 @@ impl Transport {
             None,
         )?;
         if read {
-            let read_ready = this.read_ready.clone_ref(py);
-            LoopCore::call_soon(
-                &lp,
-                &slf.getattr("_add_reader")?,
-                PyTuple::new(
-                    py,
-                    [
-                        this.fd.into_pyobject(py)?.into_any().unbind(),
-                        read_ready.unwrap_or_else(|| py.None()),
-                    ],
-                )?,
-                None,
+            // asyncio: `call_soon(self._add_reader, fd, self._read_ready)`, queued
+            // natively with the context that call would have copied.
+            let context = crate::ffi::copy_context(py)?.unbind();
+            lp.get().push_transport_event(
+                py,
+                slf.clone().unbind(),
+                TransportEvent::StartReading(context),
             )?;
         }
         if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
@@ -434,24 +432,154 @@ impl Transport {
         Ok(())
     }
 
-    pub(super) fn watch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
-        let (callback, native) = match direction {
-            Direction::Read => (self.read_ready.clone_ref(py), self.read_native.get()),
-            Direction::Write => (self.write_ready.clone_ref(py), self.write_native.get()),
+    /// Watches the transport's fd in `direction` (asyncio's `_add_reader`/
+    /// `_add_writer` of its `_read_ready`/`_write_ready`), in a copy of the
+    /// current context.
+    pub(super) fn watch(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
+        let context = crate::ffi::copy_context(slf.py())?;
+        Self::watch_in(slf, direction, context)
+    }
+
+    fn watch_in(
+        slf: &Bound<'_, Self>,
+        direction: Direction,
+        context: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(lp) = this.event_loop(py) else {
+            return Ok(());
         };
-        if let (Some(lp), Some(callback)) = (self.event_loop(py), callback) {
-            let handle = LoopCore::add_fd_callback(
-                &lp,
-                self.fd,
-                callback.bind(py),
-                PyTuple::empty(py),
-                direction,
-            )?;
-            if let Some(native) = native {
-                handle.get().set_native(*native);
-            }
+        if this.ready_fn(direction).is_none() {
+            return Ok(());
         }
-        Ok(())
+        if this.owned_fd(py).is_none() {
+            // The socket was closed (or detached) behind the transport's back: its
+            // number may be another file's now, which must not be armed. asyncio
+            // asks epoll, which answers EBADF for a number nobody reused.
+            return Err(os_error(&std::io::Error::from_raw_os_error(libc::EBADF)));
+        }
+        this.end_watch(direction);
+        let old = this.watch_context[direction.index()].replace(py, Some(context.unbind()));
+        drop(old);
+        LoopCore::watch_transport(&lp, this.fd, slf, direction)
+    }
+
+    fn ready_fn(&self, direction: Direction) -> Option<&ReadyFn> {
+        match direction {
+            Direction::Read => self.read_ready.get(),
+            Direction::Write => self.write_ready.get(),
+        }
+    }
+
+    /// Whether `callback` is this transport's own reader method (a bound method
+    /// made by `ready_handle` or `start_reading_handle`).
+    fn is_own_reader(&self, slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        let Some((name, _)) = self.ready_fn(Direction::Read) else {
+            return Ok(false);
+        };
+        let Ok(owner) = callback.getattr(pyo3::intern!(py, "__self__")) else {
+            return Ok(false);
+        };
+        Ok(owner.is(slf) && callback.getattr(pyo3::intern!(py, "__name__"))?.eq(*name)?)
+    }
+
+    /// The generation of the watch in `direction` (see `watch_generation`).
+    pub(crate) fn watch_generation(&self, direction: Direction) -> u32 {
+        self.watch_generation[direction.index()].load(Ordering::Relaxed)
+    }
+
+    /// The watch in `direction` was removed or replaced: an event queued for it
+    /// will not run.
+    pub(crate) fn end_watch(&self, direction: Direction) {
+        self.watch_generation[direction.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fd is ready in `direction`: the reader's or writer's body, in the
+    /// watch's context (the loop checked the generation).
+    pub(crate) fn run_ready(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some((_, native)) = this.ready_fn(direction) else {
+            return Ok(());
+        };
+        match this.watch_context[direction.index()].clone_ref(py) {
+            Some(context) => crate::ffi::run_native(py, context.bind(py), slf.as_any(), *native),
+            None => native(slf.as_any()),
+        }
+    }
+
+    /// The handle asyncio would have for the watch in `direction` (for `_ready`,
+    /// `_selector`, debug mode and error reports).
+    pub(crate) fn ready_handle<'py>(
+        slf: &Bound<'py, Self>,
+        direction: Direction,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let (name, native) = this
+            .ready_fn(direction)
+            .ok_or_else(|| PyAttributeError::new_err("the transport has no such callback"))?;
+        let context = match this.watch_context[direction.index()].clone_ref(py) {
+            Some(context) => context.into_bound(py),
+            None => crate::ffi::copy_context(py)?,
+        };
+        let lp = this
+            .event_loop(py)
+            .ok_or_else(|| PyAttributeError::new_err("the transport is closed"))?;
+        let handle = Handle::new(
+            slf.getattr(*name)?.unbind(),
+            PyTuple::empty(py).unbind(),
+            context.unbind(),
+            lp.unbind(),
+            None,
+        );
+        handle.set_native(*native);
+        Bound::new(py, handle)
+    }
+
+    /// The queued start of reading of a new transport (asyncio's
+    /// `_SelectorTransport._add_reader` called with its own reader).
+    pub(crate) fn start_reading(slf: &Bound<'_, Self>, context: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !slf.get().is_reading(slf.py()) {
+            return Ok(());
+        }
+        Self::watch_in(slf, Direction::Read, context.clone())
+    }
+
+    /// The handle asyncio queues for [`Transport::start_reading`]:
+    /// `call_soon(self._add_reader, fd, self._read_ready)`.
+    pub(crate) fn start_reading_handle<'py>(
+        slf: &Bound<'py, Self>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let (name, _) = this
+            .ready_fn(Direction::Read)
+            .ok_or_else(|| PyAttributeError::new_err("the transport has no reader"))?;
+        let context = match context {
+            Some(context) => context.clone(),
+            None => crate::ffi::copy_context(py)?,
+        };
+        let lp = this
+            .event_loop(py)
+            .ok_or_else(|| PyAttributeError::new_err("the transport is closed"))?;
+        let args = PyTuple::new(
+            py,
+            [this.fd.into_pyobject(py)?.into_any(), slf.getattr(*name)?],
+        )?;
+        Bound::new(
+            py,
+            Handle::new(
+                slf.getattr("_add_reader")?.unbind(),
+                args.unbind(),
+                context.unbind(),
+                lp.unbind(),
+                None,
+            ),
+        )
     }
 
     pub(super) fn logger_debug<'py>(
@@ -697,7 +825,7 @@ impl Transport {
                     }
                 }
             }
-            this.watch(py, Direction::Write)?;
+            Self::watch(slf, Direction::Write)?;
             this.state.borrow_mut(py).head_sent = sent;
         }
         {
@@ -983,7 +1111,7 @@ impl Transport {
             }
             st.paused = false;
         }
-        this.watch(py, Direction::Read)?;
+        Self::watch(slf, Direction::Read)?;
         if this.debug(py) {
             Self::logger_debug(py, ("%r resumes reading", slf))?;
         }
@@ -1054,24 +1182,24 @@ impl Transport {
     /// CPython: `_SelectorTransport._add_reader` (skipped unless reading).
     #[pyo3(signature = (fd, callback, *args))]
     fn _add_reader(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        if !self.is_reading(py) {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.is_reading(py) {
             return Ok(());
         }
-        let own = self
-            .read_ready
-            .clone_ref(py)
-            .is_some_and(|r| r.is(callback));
-        if own && args.is_empty() && fd.extract::<RawFd>().ok() == Some(self.fd) {
-            // The transport's own reader (from schedule_connection_made).
-            return self.watch(py, Direction::Read);
+        if args.is_empty()
+            && fd.extract::<RawFd>().ok() == Some(this.fd)
+            && this.is_own_reader(slf, callback)?
+        {
+            // The transport's own reader (a debug-mode or introspected start).
+            return Self::watch(slf, Direction::Read);
         }
-        if let Some(lp) = self.event_loop(py) {
+        if let Some(lp) = this.event_loop(py) {
             let all = PyTuple::new(py, [fd.clone(), callback.clone()])?
                 .add(args)?
                 .cast_into::<PyTuple>()?;
@@ -1115,8 +1243,8 @@ impl Transport {
         };
         drop((sock, old));
         drop(this.event_loop.replace(py, None));
-        drop(this.read_ready.replace(py, None));
-        drop(this.write_ready.replace(py, None));
+        let contexts = this.watch_context.each_ref().map(|c| c.replace(py, None));
+        drop(contexts);
         let detached = server.map_or(Ok(()), |s| py::server_detach(s.bind(py), slf));
         result.and(closed).and(detached)
     }
@@ -1193,8 +1321,8 @@ impl Transport {
         unsafe {
             visit.call(self.event_loop.get_for_gc())?;
             visit.call(self.sock.get_for_gc())?;
-            visit.call(self.read_ready.get_for_gc())?;
-            visit.call(self.write_ready.get_for_gc())?;
+            visit.call(self.watch_context[0].get_for_gc())?;
+            visit.call(self.watch_context[1].get_for_gc())?;
         }
         // SAFETY: called by the GC only.
         if let Some(st) = unsafe { self.state.try_get_for_gc() } {
@@ -1216,8 +1344,7 @@ impl Transport {
 
     fn __clear__(&self, py: Python<'_>) {
         let old = (
-            self.read_ready.replace(py, None),
-            self.write_ready.replace(py, None),
+            self.watch_context.each_ref().map(|c| c.replace(py, None)),
             self.event_loop.replace(py, None),
         );
         let state = {

@@ -430,7 +430,7 @@ impl DatagramTransport {
             // Attempt to send it right away first.
             match me.send_one(base, data, addr.as_ref())? {
                 Sent::Done => return Ok(()),
-                Sent::Retry => this.watch(py, Direction::Write)?,
+                Sent::Retry => Transport::watch(base, Direction::Write)?,
                 failed => return Self::send_failed(base, failed),
             }
         }
