@@ -56,6 +56,15 @@ pub fn os_error(err: &io::Error) -> PyErr {
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
 pub fn strerror(errno: i32) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length; the XSI `strerror_r` (what
+    // the libc crate binds) writes a NUL-terminated message into it, or fails.
+    let rc = unsafe { libc::strerror_r(errno, buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        if let Ok(text) = std::ffi::CStr::from_bytes_until_nul(&buf) {
+            return text.to_string_lossy().into_owned();
+        }
+    }
     // `io::Error`'s Display is "<strerror> (os error N)"; keep the first part.
     let text = io::Error::from_raw_os_error(errno).to_string();
     match text.rfind(" (os error") {
@@ -72,5 +81,7 @@ mod tests {
     fn strerror_matches_libc() {
         assert_eq!(strerror(libc::ENOENT), "No such file or directory");
         assert_eq!(strerror(libc::EBADF), "Bad file descriptor");
+        assert_eq!(strerror(libc::ECONNRESET), "Connection reset by peer");
+        assert_eq!(strerror(999_999), "Unknown error 999999");
     }
 }

@@ -133,10 +133,22 @@ pub fn ssl_object_io<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, Py
     Ok((sslobj.clone(), false))
 }
 
+/// The interpreter's `(major, minor)`, read once: PyO3's `version_info()` parses
+/// `Py_GetVersion()`, which formats the whole version string on every call (it cost
+/// a tenth of the instructions of a connection's life when asked per connection).
+fn version() -> (u8, u8) {
+    static VERSION: std::sync::OnceLock<(u8, u8)> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        // SAFETY: a read of the running interpreter's `Py_Version` constant.
+        let hex = unsafe { pyo3::ffi::Py_Version };
+        (((hex >> 24) & 0xff) as u8, ((hex >> 16) & 0xff) as u8)
+    })
+}
+
 /// CPython 3.13 or later (`Server` tracks its transports; task factories' tasks are
 /// named unconditionally).
-fn py313(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 13)
+fn py313(_py: Python<'_>) -> bool {
+    version() >= (3, 13)
 }
 
 /// `format_helpers._format_callback_source(callback, args)` as `Handle` calls it:
@@ -181,8 +193,8 @@ pub fn sends_empty_datagrams(py: Python<'_>) -> bool {
 /// CPython 3.12+: `_SelectorSocketTransport.writelines` is its own method, with its
 /// own checks and messages (3.11 inherits `WriteTransport.writelines`, a `write` of
 /// the joined items).
-pub fn own_writelines(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 12)
+pub fn own_writelines(_py: Python<'_>) -> bool {
+    version() >= (3, 12)
 }
 
 /// Private methods and attributes of the stdlib's loop classes that oxloop's `Loop`
@@ -344,10 +356,28 @@ pub fn raw_socket_triple(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
         ])
     })?;
     let get = |i: usize| -> PyResult<i32> {
-        descriptors[i]
-            .bind(py)
-            .call_method1(pyo3::intern!(py, "__get__"), (sock,))?
-            .extract()
+        let descr = descriptors[i].as_ptr();
+        // SAFETY: `descr` is one of `_socket.socket`'s member descriptors, alive
+        // in the static; its type's `tp_descr_get` is called as `descr.__get__(sock)`
+        // would call it (a new reference or NULL with an exception set), without
+        // making the method-wrapper object `__get__` lookups make.
+        let value = unsafe {
+            let get = (*pyo3::ffi::Py_TYPE(descr)).tp_descr_get;
+            match get {
+                Some(get) => Bound::from_owned_ptr_or_err(
+                    py,
+                    get(
+                        descr,
+                        sock.as_ptr(),
+                        pyo3::ffi::Py_TYPE(sock.as_ptr()).cast(),
+                    ),
+                )?,
+                None => descriptors[i]
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "__get__"), (sock,))?,
+            }
+        };
+        value.extract()
     };
     Ok((get(0)?, get(1)?, get(2)?))
 }
