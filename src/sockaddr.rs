@@ -79,6 +79,31 @@ impl SockAddr {
         Some(out)
     }
 
+    /// `getsockname()` (`peer`: `getpeername()`) of a socket's fd.
+    pub fn of_socket(fd: std::os::fd::BorrowedFd<'_>, peer: bool) -> std::io::Result<Self> {
+        let mut out = Self::empty();
+        let (addr, len) = out.as_mut_parts();
+        // SAFETY: `addr` is writable for the `len` it is given (the whole storage).
+        unsafe {
+            if peer {
+                oxloop_core::sys::getpeername(fd, addr, len)?;
+            } else {
+                oxloop_core::sys::getsockname(fd, addr, len)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The address family (`AF_INET`, ...).
+    pub fn family(&self) -> i32 {
+        i32::from(self.storage.ss_family)
+    }
+
+    /// The used bytes only (16 for IPv4 instead of the storage's 128).
+    pub fn compact(&self) -> CompactAddr {
+        CompactAddr(self.bytes().into())
+    }
+
     /// CPython `makesockaddr` for AF_INET, AF_INET6 and AF_UNIX.
     pub fn python_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.len == 0 {
@@ -144,5 +169,26 @@ impl SockAddr {
         // SAFETY: getnameinfo wrote a NUL-terminated string into `host`.
         let host = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
         Ok(host.to_string_lossy().into_owned())
+    }
+}
+
+/// A socket address in the bytes it uses, kept until a Python object of it is
+/// asked for (see [`SockAddr::compact`]).
+pub struct CompactAddr(Box<[u8]>);
+
+impl CompactAddr {
+    pub fn expand(&self) -> SockAddr {
+        let mut out = SockAddr::empty();
+        let len = self.0.len().min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: `len` bytes fit in the storage; plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.0.as_ptr(),
+                (&raw mut out.storage).cast::<u8>(),
+                len,
+            );
+        }
+        out.len = len as libc::socklen_t;
+        out
     }
 }

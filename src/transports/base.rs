@@ -37,6 +37,7 @@ use crate::handles::{Handle, NativeFn};
 /// A reader's or writer's method name and Rust body.
 pub(super) type ReadyFn = (&'static str, NativeFn);
 use crate::py;
+use crate::sockaddr::{CompactAddr, SockAddr};
 
 /// Chunks handed to one `writev`.
 const WRITEV_MAX: usize = 64;
@@ -146,6 +147,8 @@ pub struct Transport {
     /// garbage collector may traverse (3.11 allocates the `__dict__` in between):
     /// zeroed memory reads as `None` here, and `__traverse__` stops at it.
     extra: Option<Py<PyDict>>,
+    /// The entries asyncio's `__init__` puts in `extra` that are made on first use.
+    pending_extra: GilCell<Option<Box<PendingExtra>>>,
     kind: Kind,
     /// The reader's and writer's method names and Rust bodies (`_read_ready`,
     /// ...): the loop runs the body when the fd is ready (`Ready::Transport`),
@@ -182,6 +185,62 @@ fn sock_name<'py>(sock: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py,
     })
 }
 
+/// What asyncio's `__init__` puts in `extra` (`socket`, `sockname` and, unless
+/// given, `peername`), kept in Rust until `get_extra_info` or `_extra` asks: the
+/// `TransportSocket` is made then, and the addresses are the kernel's answers of
+/// when the transport was made (as asyncio reads them in `__init__`), so they read
+/// the same after the socket is closed. For an exact `socket.socket` of the
+/// families whose addresses oxloop converts as the `socket` module does.
+pub(super) struct PendingExtra {
+    sock: Py<PyAny>,
+    /// `None`: `getsockname()` failed (asyncio stores `None`).
+    sockname: Option<CompactAddr>,
+    /// `Some` when asyncio calls `getpeername()` (no `peername` was given).
+    peername: Option<Option<CompactAddr>>,
+}
+
+impl PendingExtra {
+    /// For an exact socket whose fd is `fd`: its addresses now, or `None` when
+    /// the family is one whose Python form is left to the `socket` module.
+    fn read(sock: &Bound<'_, PyAny>, fd: RawFd, peer_given: bool) -> Option<Self> {
+        // SAFETY: `fd` was read from `sock` (an exact socket.socket) just before,
+        // with no Python code run since: it is the socket's own.
+        let fd = unsafe { sys::borrow(fd) }.ok()?;
+        let local = SockAddr::of_socket(fd, false);
+        let family = local.as_ref().map_or(libc::AF_UNSPEC, SockAddr::family);
+        if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
+            return None;
+        }
+        let peername = (!peer_given).then(|| {
+            SockAddr::of_socket(fd, true)
+                .ok()
+                .map(|addr| addr.compact())
+        });
+        Some(Self {
+            sock: sock.clone().unbind(),
+            sockname: local.ok().map(|addr| addr.compact()),
+            peername,
+        })
+    }
+
+    /// Puts the entries in `extra`, in asyncio's order.
+    fn fill(self, extra: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = extra.py();
+        let address = |addr: Option<CompactAddr>| -> PyResult<Bound<'_, PyAny>> {
+            match addr {
+                Some(addr) => addr.expand().python_object(py),
+                None => Ok(py.None().into_bound(py)),
+            }
+        };
+        extra.set_item("socket", py::transport_socket(py)?.call1((self.sock,))?)?;
+        extra.set_item("sockname", address(self.sockname)?)?;
+        if let Some(peername) = self.peername {
+            extra.set_item("peername", address(peername)?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Transport {
     /// CPython: the first half of `_SelectorTransport.__init__` (the `extra` dict
     /// and the socket); [`Transport::attach`] does the rest once the object exists.
@@ -195,12 +254,22 @@ impl Transport {
         let py = sock.py();
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let extra = extra.unwrap_or_else(|| PyDict::new(py));
-        extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
-        extra.set_item("sockname", sock_name(sock, "getsockname")?)?;
-        if !extra.contains("peername")? {
-            extra.set_item("peername", sock_name(sock, "getpeername")?)?;
+        let peer_given = extra.contains("peername")?;
+        let pending = if py::is_exact_socket(sock)? {
+            PendingExtra::read(sock, fd, peer_given)
+        } else {
+            None
+        };
+        if pending.is_none() {
+            extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
+            extra.set_item("sockname", sock_name(sock, "getsockname")?)?;
+            if !peer_given {
+                extra.set_item("peername", sock_name(sock, "getpeername")?)?;
+            }
         }
-        Ok(Self::from_parts(kind, fd, sock, extra, server, address))
+        let mut this = Self::from_parts(kind, fd, sock, extra, server, address);
+        this.pending_extra = GilCell::new(pending.map(Box::new));
+        Ok(this)
     }
 
     /// The pipe transports' `__init__` up to the checks their kinds make: the
@@ -229,6 +298,7 @@ impl Transport {
             sock: GilCell::new(Some(sock.clone().unbind())),
             fd,
             extra: Some(extra.unbind()),
+            pending_extra: GilCell::new(None),
             kind,
             read_ready: OnceLock::new(),
             write_ready: OnceLock::new(),
@@ -393,12 +463,18 @@ impl Transport {
         os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
     }
 
-    /// The `extra` dict (always there once the object is made).
-    fn extra<'py>(&self, py: Python<'py>) -> &Bound<'py, PyDict> {
-        self.extra
+    /// The `extra` dict (always there once the object is made), with the entries
+    /// made on first use filled in.
+    fn extra<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyDict>> {
+        let extra = self
+            .extra
             .as_ref()
             .expect("a transport's extra dict is set when it is made")
-            .bind(py)
+            .bind(py);
+        if let Some(pending) = self.pending_extra.replace(py, None) {
+            pending.fill(extra)?;
+        }
+        Ok(extra)
     }
 
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
@@ -414,7 +490,7 @@ impl Transport {
         py: Python<'py>,
         name: &str,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.extra(py).get_item(name)
+        self.extra(py)?.get_item(name)
     }
 
     pub(super) fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -1057,7 +1133,7 @@ impl Transport {
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match self.extra(py).get_item(name)? {
+        match self.extra(py)?.get_item(name)? {
             Some(value) => Ok(value),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
         }
@@ -1304,8 +1380,8 @@ impl Transport {
     }
 
     #[getter]
-    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.extra(py).clone().unbind()
+    fn _extra(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        Ok(self.extra(py)?.clone().unbind())
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -1321,6 +1397,9 @@ impl Transport {
         unsafe {
             visit.call(self.event_loop.get_for_gc())?;
             visit.call(self.sock.get_for_gc())?;
+            if let Some(pending) = self.pending_extra.get_for_gc() {
+                visit.call(&pending.sock)?;
+            }
             visit.call(self.watch_context[0].get_for_gc())?;
             visit.call(self.watch_context[1].get_for_gc())?;
         }
@@ -1344,6 +1423,7 @@ impl Transport {
 
     fn __clear__(&self, py: Python<'_>) {
         let old = (
+            self.pending_extra.replace(py, None),
             self.watch_context.each_ref().map(|c| c.replace(py, None)),
             self.event_loop.replace(py, None),
         );

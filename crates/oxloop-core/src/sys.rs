@@ -151,6 +151,32 @@ pub unsafe fn accept_nonblocking(
     Ok(unsafe { OwnedFd::from_raw_fd(conn) })
 }
 
+/// `getsockname(fd, addr, len)`.
+///
+/// # Safety
+/// `addr` must be writable for `*len` bytes and `len` a valid in/out length.
+pub unsafe fn getsockname(
+    fd: BorrowedFd<'_>,
+    addr: *mut libc::sockaddr,
+    len: *mut socklen_t,
+) -> io::Result<()> {
+    // SAFETY: the address is the caller's contract.
+    crate::cvt(unsafe { libc::getsockname(fd.as_raw_fd(), addr, len) }).map(drop)
+}
+
+/// `getpeername(fd, addr, len)`.
+///
+/// # Safety
+/// `addr` must be writable for `*len` bytes and `len` a valid in/out length.
+pub unsafe fn getpeername(
+    fd: BorrowedFd<'_>,
+    addr: *mut libc::sockaddr,
+    len: *mut socklen_t,
+) -> io::Result<()> {
+    // SAFETY: the address is the caller's contract.
+    crate::cvt(unsafe { libc::getpeername(fd.as_raw_fd(), addr, len) }).map(drop)
+}
+
 /// `shutdown(fd, SHUT_WR)`.
 pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a plain syscall on a descriptor.
