@@ -20,7 +20,7 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// Runs `body` inside `context`, as `Context.run` does: entering fails as it does
 /// (`RuntimeError` when the context is already entered, `TypeError` when it is not
 /// a `Context`), and the context is left whatever `body` returns.
-fn with_context<T>(
+pub(crate) fn with_context<T>(
     py: Python<'_>,
     context: &Bound<'_, PyAny>,
     body: impl FnOnce() -> PyResult<T>,

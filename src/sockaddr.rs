@@ -113,7 +113,9 @@ impl SockAddr {
             libc::AF_INET => {
                 // SAFETY: the family says this is a sockaddr_in.
                 let sin = unsafe { &*(&raw const self.storage).cast::<libc::sockaddr_in>() };
-                let host = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
+                let octets = u32::from_be(sin.sin_addr.s_addr).to_be_bytes();
+                let mut text = [0u8; 15];
+                let host = PyString::new(py, dotted_quad(octets, &mut text));
                 Ok((host, u16::from_be(sin.sin_port))
                     .into_pyobject(py)?
                     .into_any())
@@ -190,5 +192,52 @@ impl CompactAddr {
         }
         out.len = len as libc::socklen_t;
         out
+    }
+}
+
+/// `a.b.c.d` written into `out` (what `inet_ntop` writes; Rust's `Display` for
+/// `Ipv4Addr` goes through the formatting machinery, a cost per accepted connection).
+fn dotted_quad(octets: [u8; 4], out: &mut [u8; 15]) -> &str {
+    let mut len = 0;
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    // Only ASCII digits and dots were written.
+    std::str::from_utf8(&out[..len]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dotted_quad;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn dotted_quad_is_ipv4_display() {
+        for octets in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [255, 255, 255, 255],
+            [10, 99, 100, 9],
+            [1, 20, 199, 250],
+        ] {
+            let mut out = [0u8; 15];
+            assert_eq!(
+                dotted_quad(octets, &mut out),
+                Ipv4Addr::from(octets).to_string()
+            );
+        }
     }
 }

@@ -91,12 +91,15 @@ impl Watcher {
     /// The handle asyncio would hold for this watcher (introspection only).
     fn as_handle<'py>(
         &self,
-        py: Python<'py>,
+        lp: &Bound<'py, LoopCore>,
         direction: Direction,
     ) -> PyResult<Bound<'py, Handle>> {
+        let py = lp.py();
         match self {
             Self::Handle(handle) => Ok(handle.bind(py).clone()),
-            Self::Transport(transport) => Transport::ready_handle(transport.bind(py), direction),
+            Self::Transport(transport) => {
+                Transport::ready_handle(transport.bind(py), lp, direction)
+            }
         }
     }
 }
@@ -121,6 +124,10 @@ impl Ready {
                 t.clone_ref(py),
                 TransportEvent::StartReading(context.clone_ref(py)),
             ),
+            Self::Transport(t, TransportEvent::ConnectionLost(exc, context)) => Self::Transport(
+                t.clone_ref(py),
+                TransportEvent::ConnectionLost(exc.clone_ref(py), context.clone_ref(py)),
+            ),
         }
     }
 }
@@ -133,6 +140,9 @@ pub(crate) enum TransportEvent {
     /// asyncio's `call_soon(self._add_reader, fd, self._read_ready)` of a new
     /// transport, with the context of that call.
     StartReading(Py<PyAny>),
+    /// asyncio's `call_soon(self._call_connection_lost, exc)`: the exception (or
+    /// `None`) and the context of that call.
+    ConnectionLost(Py<PyAny>, Py<PyAny>),
 }
 
 /// The callbacks watching one fd. Holds Python objects: a value taken out of the
@@ -937,10 +947,18 @@ impl LoopCore {
             .map(|entry| match entry {
                 Ready::Handle(h) => Ok(h.into_bound(py)),
                 Ready::Transport(t, TransportEvent::Ready(direction, _)) => {
-                    Transport::ready_handle(t.bind(py), direction)
+                    Transport::ready_handle(t.bind(py), slf, direction)
                 }
                 Ready::Transport(t, TransportEvent::StartReading(context)) => {
-                    Transport::start_reading_handle(t.bind(py), Some(context.bind(py)))
+                    Transport::start_reading_handle(t.bind(py), slf, Some(context.bind(py)))
+                }
+                Ready::Transport(t, TransportEvent::ConnectionLost(exc, context)) => {
+                    Transport::connection_lost_handle(
+                        t.bind(py),
+                        slf,
+                        exc.bind(py),
+                        context.bind(py),
+                    )
                 }
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -962,10 +980,12 @@ impl LoopCore {
     /// `selectors.SelectorKey` holds them (`EVENT_READ` = 1, `EVENT_WRITE` = 2), found
     /// as `selectors` finds it (a closed file object by identity); `KeyError` when
     /// unwatched. Backs the read-only `loop._selector` view.
-    fn _fd_key<'py>(&self, py: Python<'py>, fileobj: &Bound<'py, PyAny>) -> PyResult<FdKey<'py>> {
-        let found = match self.lookup_fd(fileobj)? {
+    fn _fd_key<'py>(slf: &Bound<'py, Self>, fileobj: &Bound<'py, PyAny>) -> PyResult<FdKey<'py>> {
+        let py = slf.py();
+        let this = slf.get();
+        let found = match this.lookup_fd(fileobj)? {
             readers::FdArg::Fd(fd) => {
-                let st = self.state.try_borrow_mut(py)?;
+                let st = this.state.try_borrow_mut(py)?;
                 st.fds.get(fd).map(|watch| {
                     let interest = watch.interest();
                     (
@@ -991,10 +1011,10 @@ impl LoopCore {
             None => fd.into_pyobject(py)?.into_any().unbind(),
         };
         let reader = reader
-            .map(|w| w.as_handle(py, Direction::Read))
+            .map(|w| w.as_handle(slf, Direction::Read))
             .transpose()?;
         let writer = writer
-            .map(|w| w.as_handle(py, Direction::Write))
+            .map(|w| w.as_handle(slf, Direction::Write))
             .transpose()?;
         Ok((registered, fd, events, reader, writer))
     }
@@ -1076,8 +1096,13 @@ impl LoopCore {
                 Ready::Handle(h) => Handle::traverse_queued(h, &visit)?,
                 Ready::Transport(t, event) => {
                     visit.call(t)?;
-                    if let TransportEvent::StartReading(context) = event {
-                        visit.call(context)?;
+                    match event {
+                        TransportEvent::Ready(..) => {}
+                        TransportEvent::StartReading(context) => visit.call(context)?,
+                        TransportEvent::ConnectionLost(exc, context) => {
+                            visit.call(exc)?;
+                            visit.call(context)?;
+                        }
                     }
                 }
             }

@@ -211,10 +211,10 @@ impl LoopCore {
                         return Ok(());
                     };
                     return Self::report_callback_error(slf, err, || {
-                        Transport::ready_handle(transport, direction)
+                        Transport::ready_handle(transport, slf, direction)
                     });
                 }
-                Transport::ready_handle(transport, direction)?
+                Transport::ready_handle(transport, slf, direction)?
             }
             TransportEvent::StartReading(context) => {
                 if !slf.get().debug() {
@@ -223,10 +223,26 @@ impl LoopCore {
                         return Ok(());
                     };
                     return Self::report_callback_error(slf, err, || {
-                        Transport::start_reading_handle(transport, Some(context))
+                        Transport::start_reading_handle(transport, slf, Some(context))
                     });
                 }
-                Transport::start_reading_handle(transport, Some(context.bind(slf.py())))?
+                Transport::start_reading_handle(transport, slf, Some(context.bind(slf.py())))?
+            }
+            TransportEvent::ConnectionLost(exc, context) => {
+                let py = slf.py();
+                let (exc, context) = (exc.bind(py), context.bind(py));
+                if !slf.get().debug() {
+                    let result = crate::ffi::with_context(py, context, || {
+                        Transport::_call_connection_lost(transport, Some(exc.clone().unbind()))
+                    });
+                    let Err(err) = result else {
+                        return Ok(());
+                    };
+                    return Self::report_callback_error(slf, err, || {
+                        Transport::connection_lost_handle(transport, slf, exc, context)
+                    });
+                }
+                Transport::connection_lost_handle(transport, slf, exc, context)?
             }
         };
         Self::run_handle_debug(slf, &handle)

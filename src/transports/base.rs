@@ -252,10 +252,15 @@ impl Transport {
         address: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let py = sock.py();
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let exact = py::is_exact_socket(sock)?;
+        let fd: RawFd = if exact {
+            py::socket_fd_now(sock)
+        } else {
+            sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?
+        };
         let extra = extra.unwrap_or_else(|| PyDict::new(py));
-        let peer_given = extra.contains("peername")?;
-        let pending = if py::is_exact_socket(sock)? {
+        let peer_given = extra.contains(pyo3::intern!(py, "peername"))?;
+        let pending = if exact {
             PendingExtra::read(sock, fd, peer_given)
         } else {
             None
@@ -375,7 +380,7 @@ impl Transport {
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
         );
-        slf.call_method1("set_protocol", (protocol,))?;
+        slf.call_method1(pyo3::intern!(py, "set_protocol"), (protocol,))?;
         let server = this
             .state
             .borrow_mut(py)
@@ -386,7 +391,9 @@ impl Transport {
             py::server_attach(server.bind(py), slf)?;
         }
         if !this.kind.is_pipe() {
-            event_loop.getattr("_transports")?.set_item(this.fd, slf)?;
+            event_loop
+                .getattr(pyo3::intern!(py, "_transports"))?
+                .set_item(this.fd, slf)?;
         }
         Ok(())
     }
@@ -406,7 +413,7 @@ impl Transport {
         };
         LoopCore::call_soon(
             &lp,
-            &protocol.getattr("connection_made")?,
+            &protocol.getattr(pyo3::intern!(py, "connection_made"))?,
             PyTuple::new(py, [slf])?,
             None,
         )?;
@@ -590,6 +597,7 @@ impl Transport {
     /// `_selector`, debug mode and error reports).
     pub(crate) fn ready_handle<'py>(
         slf: &Bound<'py, Self>,
+        lp: &Bound<'py, LoopCore>,
         direction: Direction,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
@@ -601,14 +609,11 @@ impl Transport {
             Some(context) => context.into_bound(py),
             None => crate::ffi::copy_context(py)?,
         };
-        let lp = this
-            .event_loop(py)
-            .ok_or_else(|| PyAttributeError::new_err("the transport is closed"))?;
         let handle = Handle::new(
             slf.getattr(*name)?.unbind(),
             PyTuple::empty(py).unbind(),
             context.unbind(),
-            lp.unbind(),
+            lp.clone().unbind(),
             None,
         );
         handle.set_native(*native);
@@ -628,6 +633,7 @@ impl Transport {
     /// `call_soon(self._add_reader, fd, self._read_ready)`.
     pub(crate) fn start_reading_handle<'py>(
         slf: &Bound<'py, Self>,
+        lp: &Bound<'py, LoopCore>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
@@ -639,9 +645,6 @@ impl Transport {
             Some(context) => context.clone(),
             None => crate::ffi::copy_context(py)?,
         };
-        let lp = this
-            .event_loop(py)
-            .ok_or_else(|| PyAttributeError::new_err("the transport is closed"))?;
         let args = PyTuple::new(
             py,
             [this.fd.into_pyobject(py)?.into_any(), slf.getattr(*name)?],
@@ -652,7 +655,7 @@ impl Transport {
                 slf.getattr("_add_reader")?.unbind(),
                 args.unbind(),
                 context.unbind(),
-                lp.unbind(),
+                lp.clone().unbind(),
                 None,
             ),
         )
@@ -774,10 +777,37 @@ impl Transport {
     ) -> PyResult<()> {
         let py = slf.py();
         if let Some(lp) = self.event_loop(py) {
-            let callback = slf.getattr("_call_connection_lost")?;
-            LoopCore::call_soon(&lp, &callback, PyTuple::new(py, [exc])?, None)?;
+            // asyncio: `call_soon(self._call_connection_lost, exc)`, queued natively
+            // with the context that call would have copied.
+            let context = crate::ffi::copy_context(py)?.unbind();
+            lp.get().push_transport_event(
+                py,
+                slf.clone().unbind(),
+                TransportEvent::ConnectionLost(exc, context),
+            )?;
         }
         Ok(())
+    }
+
+    /// The handle asyncio queues for `_call_connection_lost(exc)`.
+    pub(crate) fn connection_lost_handle<'py>(
+        slf: &Bound<'py, Self>,
+        lp: &Bound<'py, LoopCore>,
+        exc: &Bound<'py, PyAny>,
+        context: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        let py = slf.py();
+        Bound::new(
+            py,
+            Handle::new(
+                slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?
+                    .unbind(),
+                PyTuple::new(py, [exc])?.unbind(),
+                context.clone().unbind(),
+                lp.clone().unbind(),
+                None,
+            ),
+        )
     }
 
     /// Sends from the buffer with `writev`; returns the bytes sent.
@@ -1286,7 +1316,7 @@ impl Transport {
 
     /// CPython: `_SelectorTransport._call_connection_lost`.
     #[pyo3(signature = (exc))]
-    pub(super) fn _call_connection_lost(
+    pub(crate) fn _call_connection_lost(
         slf: &Bound<'_, Self>,
         exc: Option<Py<PyAny>>,
     ) -> PyResult<()> {
@@ -1310,9 +1340,11 @@ impl Transport {
         };
         // finally: release everything, whatever connection_lost did.
         let sock = this.sock.replace(py, None);
-        let closed = sock
-            .as_ref()
-            .map_or(Ok(()), |s| s.bind(py).call_method0("close").map(drop));
+        let closed = sock.as_ref().map_or(Ok(()), |s| {
+            s.bind(py)
+                .call_method0(pyo3::intern!(py, "close"))
+                .map(drop)
+        });
         let (server, old) = {
             let mut st = this.state.borrow_mut(py);
             (st.server.take(), st.protocol.take())

@@ -39,7 +39,23 @@ impl StreamTransport {
             && kind == libc::SOCK_STREAM
             && proto == libc::IPPROTO_TCP
         {
-            sock.call_method1("setsockopt", (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1))?;
+            // `sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)` on an exact socket,
+            // as the syscall it makes.
+            let one: libc::c_int = 1;
+            // SAFETY: the fd is read from the exact socket just now (no Python code
+            // in between); `one` is a readable c_int of the size given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    py::socket_fd_now(sock),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&raw const one).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(crate::errors::os_error(&std::io::Error::last_os_error()));
+            }
         }
         Ok(())
     }

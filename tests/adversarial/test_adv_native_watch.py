@@ -252,3 +252,81 @@ def test_add_reader_on_a_transports_fd_replaces_its_watch(loop, direction):
         assert got == []  # the transport's reader was replaced
     else:
         assert got == [b'data']  # only its writer watch was touched
+
+
+def test_connection_lost_runs_in_the_context_of_close(loop):
+    """asyncio queues ``_call_connection_lost`` with call_soon: connection_lost runs in
+    a copy of the context close() was called in."""
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+
+        class Closing(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                seen.append(request_id.get())
+
+        mine, peer = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(Closing, mine)
+
+        async def closer() -> None:
+            request_id.set('closer')
+            transport.close()
+
+        await asyncio.create_task(closer())
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if seen:
+                break
+        peer.close()
+        return seen
+
+    assert loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT)) == ['closer']
+
+
+def test_connection_lost_raising_is_reported_as_asyncio_reports_it(loop):
+    async def main() -> list[tuple[str, str]]:
+        reports: list[tuple[str, str]] = []
+        loop.set_exception_handler(
+            lambda lp, ctx: reports.append((ctx['message'].split('(')[0], type(ctx.get('exception')).__name__))
+        )
+
+        class Raising(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                raise ZeroDivisionError('boom')
+
+        mine, peer = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(Raising, mine)
+        transport.close()
+        queued = [getattr(h._callback, '__name__', None) for h in loop._ready]  # type: ignore[attr-defined]
+        await asyncio.sleep(0.02)
+        peer.close()
+        assert '_call_connection_lost' in queued
+        return reports
+
+    reports = loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT))
+    assert len(reports) == 1
+    message, exc_type = reports[0]
+    assert message.startswith('Exception in callback ') and message.endswith('._call_connection_lost')
+    assert exc_type == 'ZeroDivisionError'
+
+
+def test_connection_lost_in_debug_mode_is_a_handle_of_its_own(loop):
+    """Debug mode: the slow-callback check and _current_handle see asyncio's handle."""
+
+    async def main() -> list[str]:
+        names: list[str] = []
+
+        class Watching(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                handle = loop._current_handle  # type: ignore[attr-defined]
+                names.append(getattr(handle._callback, '__name__', '?'))
+
+        mine, peer = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(Watching, mine)
+        transport.close()
+        await asyncio.sleep(0.02)
+        peer.close()
+        return names
+
+    loop.set_debug(True)
+    assert loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT)) == ['_call_connection_lost']
