@@ -40,6 +40,7 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::ssl::SslProtocol>()?;
     m.add_class::<transports::ssl::SslTransport>()?;
     m.add_class::<event_loop::sock::SockWaiter>()?;
+    m.add_class::<event_loop::transport_map::TransportMap>()?;
     m.add_function(wrap_pyfunction!(py::_compat_names, m)?)?;
     fastcall::install(m.py())?;
     Ok(())

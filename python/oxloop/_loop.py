@@ -60,7 +60,8 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
         self._selector = _SelectorView(self)
-        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        # asyncio's WeakValueDictionary, in Rust (src/event_loop/transport_map.rs).
+        self._transports: Any = _oxloop.TransportMap()
         # What this version's stdlib __init__s add for the methods Loop inherits.
         for name, value in _compat.loop_state().items():
             setattr(self, name, value)

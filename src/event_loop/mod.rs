@@ -17,6 +17,7 @@ pub(crate) mod readers;
 mod run;
 pub(crate) mod sock;
 mod tasks;
+pub(crate) mod transport_map;
 
 use std::collections::VecDeque;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};

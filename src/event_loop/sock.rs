@@ -324,6 +324,18 @@ impl LoopCore {
     /// `WeakValueDictionary`'s own dict (no `KeyError` raised and caught).
     fn ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
         let transports = slf.getattr(pyo3::intern!(slf.py(), "_transports"))?;
+        if let Ok(map) = transports.cast_exact::<super::transport_map::TransportMap>() {
+            let Some(transport) = map.get().lookup(slf.py(), i64::from(fd)) else {
+                return Ok(());
+            };
+            if transport.call_method0("is_closing")?.is_truthy()? {
+                return Ok(());
+            }
+            return Err(PyRuntimeError::new_err(format!(
+                "File descriptor {fd} is used by transport {}",
+                transport.repr()?
+            )));
+        }
         let Some(data) = py::weak_value_dict_data(&transports) else {
             return slf
                 .call_method1(py::names::ENSURE_FD_NO_TRANSPORT, (fd,))

@@ -29,6 +29,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemory
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
+use crate::event_loop::transport_map::TransportMap;
 use crate::event_loop::TransportEvent;
 use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
@@ -391,9 +392,11 @@ impl Transport {
             py::server_attach(server.bind(py), slf)?;
         }
         if !this.kind.is_pipe() {
-            event_loop
-                .getattr(pyo3::intern!(py, "_transports"))?
-                .set_item(this.fd, slf)?;
+            let transports = event_loop.getattr(pyo3::intern!(py, "_transports"))?;
+            match transports.cast_exact::<TransportMap>() {
+                Ok(map) => map.get().insert(i64::from(this.fd), slf.as_any())?,
+                Err(_) => transports.set_item(this.fd, slf)?,
+            }
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Native transports, one file per transport kind (uvloop's `handles/` layout),
 //! over one shared base (`base.rs`, asyncio's `_SelectorTransport`).
 //!
-//! They plug into the loop through the same fd registry as `add_reader`: a
-//! transport's reader and writer callbacks are its bound methods, so ordering,
-//! `_ensure_fd_no_transport` and the `_selector` view behave exactly as for
-//! asyncio's selector transports.
+//! They plug into the loop through the same fd registry and ready queue as
+//! `add_reader`, as native entries (`Watcher::Transport`, `Ready::Transport`): the
+//! order of callbacks, `_ensure_fd_no_transport` and the `_selector` view behave
+//! as for asyncio's selector transports, with no Python object per event.
 
 /// The `NativeFn` (`crate::handles`) of a transport method `fn(&Bound<T>) ->
 /// PyResult<()>`: the loop calls it on the transport without a method call.

@@ -210,3 +210,47 @@ loop.close()
     lines = proc.stdout.splitlines()
     assert lines[0].startswith('refused: oxloop needs the GIL')
     assert lines[1] == 'stdlib runs'
+
+
+def test_loop_transports_mapping_behaves_as_asyncios(loop) -> None:
+    """``loop._transports`` (asyncio's WeakValueDictionary; native on oxloop) as the
+    stdlib's code uses it: set, get, item access, delete, membership, weak values."""
+
+    class T:
+        def is_closing(self) -> bool:
+            return False
+
+    m = loop._transports  # type: ignore[attr-defined]
+    a, b = T(), T()
+    m[1000] = a
+    m[1001] = b
+    assert m[1000] is a and m.get(1001) is b and m.get(1002) is None and m.get(1002, 'x') == 'x'
+    assert 1000 in m and 1002 not in m
+    del m[1001]
+    assert 1001 not in m
+    with pytest.raises(KeyError):
+        del m[1001]
+    with pytest.raises(KeyError):
+        m[1002]
+    del a
+    gc.collect()
+    assert 1000 not in m
+    assert m.get(1000) is None
+    with pytest.raises(TypeError):
+        m[1003] = 1  # an int takes no weak reference
+
+
+def test_a_closed_and_dropped_transport_leaves_loop_transports(loop) -> None:
+    async def main() -> tuple[bool, bool]:
+        a, b = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        fd = a.fileno()
+        present = transport is loop._transports.get(fd)  # type: ignore[attr-defined]
+        transport.close()
+        await asyncio.sleep(0.01)
+        del transport
+        gc.collect()
+        b.close()
+        return present, fd in loop._transports  # type: ignore[attr-defined]
+
+    assert loop.run_until_complete(main()) == (True, False)
