@@ -9,7 +9,7 @@
 use std::io;
 
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyOverflowError};
-use pyo3::PyErr;
+use pyo3::prelude::*;
 
 /// A buffer for a read could not be allocated: not an OS error, and raised as
 /// CPython's `socket.recv`/`os.read` raise it, carried inside an `io::Error` so
@@ -49,9 +49,24 @@ pub fn os_error(err: &io::Error) -> PyErr {
         };
     }
     match err.raw_os_error() {
-        Some(errno) => PyOSError::new_err((errno, strerror(errno))),
+        Some(errno) => made_now(|py| {
+            py.get_type::<PyOSError>()
+                .call1((errno, strerror(errno)))
+                .map(Bound::unbind)
+        })
+        .unwrap_or_else(|| PyOSError::new_err((errno, strerror(errno)))),
         None => PyOSError::new_err(err.to_string()),
     }
+}
+
+/// The exception object made at once (`OSError(errno, text)` picks its subclass,
+/// `ConnectionResetError` & co): a lazily made `PyErr` is made when first looked
+/// at, and PyO3 releases and retakes the GIL to do that, which cost more than the
+/// exception itself on every connection reset. `None` when no interpreter is
+/// attached or making it failed; the caller falls back to the lazy error.
+fn made_now(make: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> Option<PyErr> {
+    Python::try_attach(|py| make(py).ok().map(|value| PyErr::from_value(value.into_bound(py))))
+        .flatten()
 }
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
