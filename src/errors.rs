@@ -65,8 +65,12 @@ pub fn os_error(err: &io::Error) -> PyErr {
 /// exception itself on every connection reset. `None` when no interpreter is
 /// attached or making it failed; the caller falls back to the lazy error.
 fn made_now(make: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> Option<PyErr> {
-    Python::try_attach(|py| make(py).ok().map(|value| PyErr::from_value(value.into_bound(py))))
-        .flatten()
+    Python::try_attach(|py| {
+        make(py)
+            .ok()
+            .map(|value| PyErr::from_value(value.into_bound(py)))
+    })
+    .flatten()
 }
 
 /// The C library's message for `errno`, as `os.strerror` gives it.

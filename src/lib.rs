@@ -29,6 +29,9 @@ fn _oxloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "release"
         },
     )?;
+    // Resolved now: an unclosed transport freed while the interpreter shuts down
+    // warns from its destructor, when `warnings` can no longer be imported.
+    py::warn(m.py())?;
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;

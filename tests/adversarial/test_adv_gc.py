@@ -110,6 +110,40 @@ def test_gc_at_every_allocation_while_transports_are_made(loop_impl):
     assert proc.stdout.strip() == 'ok'
 
 
+_UNCLOSED_AT_EXIT = textwrap.dedent(
+    """
+    import socket
+
+    async def main():
+        global kept
+        kept = []
+        for _ in range(3):
+            a, b = socket.socketpair()
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+            kept.append((transport, b))
+
+    loop.run_until_complete(main())
+    print('ok')
+    """
+)
+
+
+def test_unclosed_transports_freed_at_interpreter_exit_print_no_errors(loop_impl):
+    """Transports left open in module globals are freed while the interpreter shuts
+    down (oxloop's are in no reference cycle): their ResourceWarning must not turn into
+    an ImportError from a destructor that imports too late."""
+    proc = subprocess.run(
+        [sys.executable, '-c', LOOP_SOURCE[loop_impl] + _UNCLOSED_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == 'ok'
+    assert 'Error' not in proc.stderr, proc.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------------------
 # Handles and the collector. oxloop takes a queued handle out of the collector's lists
 # while the loop holds it (issue 11: a thousand queued handles were walked on every
