@@ -35,8 +35,8 @@ impl SockAddr {
         ((&raw const self.storage).cast(), self.len)
     }
 
-    /// The used bytes, for comparing two addresses.
-    fn bytes(&self) -> &[u8] {
+    /// The used bytes (for comparing two addresses, or keeping one compact).
+    pub fn bytes(&self) -> &[u8] {
         let len = (self.len as usize).min(size_of::<libc::sockaddr_storage>());
         // SAFETY: `storage` is plain data of at least `len` bytes.
         unsafe { std::slice::from_raw_parts((&raw const self.storage).cast::<u8>(), len) }
@@ -179,6 +179,10 @@ impl SockAddr {
 pub struct CompactAddr(Box<[u8]>);
 
 impl CompactAddr {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
     pub fn expand(&self) -> SockAddr {
         let mut out = SockAddr::empty();
         let len = self.0.len().min(size_of::<libc::sockaddr_storage>());

@@ -140,14 +140,23 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
     # ----- transports -------------------------------------------------------------
 
     def _make_socket_transport(
-        self, sock: socket.socket, protocol: Any, waiter: Any = None, *, extra: Any = None, server: Any = None
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: Any = None,
+        server: Any = None,
+        _peer: bytes | None = None,
     ) -> Any:
         # The native stream transport (TCP and Unix); TLS keeps the stdlib's
         # SSLProtocol on top of it or of the stdlib's transport. A server's accepted
         # connection has a brand-new fd: only the others are checked (3.12+).
+        # `_peer`: the raw address of an accepted connection (`_accept_many`), from
+        # which the transport makes `peername` when asked.
         if _compat.ENSURE_FD_NO_TRANSPORT and server is None:
             self._ensure_fd_no_transport(sock)
-        return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server)
+        return _oxloop.SocketTransport._create(self, sock, protocol, waiter, extra, server, _peer)
 
     def _make_ssl_transport(
         self,
@@ -286,7 +295,7 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
             self._accept_failed(error, args)
             error = None
         if accepted:
-            self._new_connections(protocol_factory, self._adopt(sock, accepted), server)
+            self._new_connections(protocol_factory, self._adopt(sock, accepted), server, raw=True)
         if error is not None:
             raise error  # The event loop will catch, log and ignore it.
         return None
@@ -307,16 +316,19 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
                 os.close(fd)
         return conns
 
-    def _new_connections(self, protocol_factory: Any, conns: list[tuple[socket.socket, Any]], server: Any) -> None:
+    def _new_connections(
+        self, protocol_factory: Any, conns: list[tuple[socket.socket, Any]], server: Any, raw: bool = False
+    ) -> None:
+        # raw: the addresses are _accept_many's raw bytes (see _make_socket_transport).
         for i, (conn, addr) in enumerate(conns):
             try:
-                self._new_connection(protocol_factory, conn, addr, server)
+                self._new_connection(protocol_factory, conn, addr, server, raw)
             except BaseException:
                 # SystemExit or KeyboardInterrupt from a protocol factory: asyncio has
                 # the rest of the batch in tasks of their own, which run when the loop
                 # runs again. So do these; the sockets own their fds meanwhile.
                 if i + 1 < len(conns):
-                    self.call_soon(self._new_connections, protocol_factory, conns[i + 1 :], server)
+                    self.call_soon(self._new_connections, protocol_factory, conns[i + 1 :], server, raw)
                 raise
 
     def _accept_failed(self, exc: OSError, args: tuple[Any, ...]) -> None:
@@ -334,17 +346,23 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         self._remove_reader(sock.fileno())
         self.call_later(_compat.ACCEPT_RETRY_DELAY, self._start_serving, *args)
 
-    def _new_connection(self, protocol_factory: Any, conn: socket.socket, addr: Any, server: Any) -> None:
+    def _new_connection(
+        self, protocol_factory: Any, conn: socket.socket, addr: Any, server: Any, raw: bool = False
+    ) -> None:
         if self._debug:
-            logger.debug('%r got a new connection from %r: %r', server, addr, conn)
-        contextvars.copy_context().run(self._accepted, protocol_factory, conn, {'peername': addr}, server)
+            shown = _oxloop.LoopCore._sockaddr(addr) if raw else addr
+            logger.debug('%r got a new connection from %r: %r', server, shown, conn)
+        contextvars.copy_context().run(self._accepted, protocol_factory, conn, addr, server, raw)
 
-    def _accepted(self, protocol_factory: Any, conn: socket.socket, extra: dict[str, Any], server: Any) -> None:
+    def _accepted(self, protocol_factory: Any, conn: socket.socket, addr: Any, server: Any, raw: bool) -> None:
         protocol = None
         transport = None
         try:
             protocol = protocol_factory()
-            transport = self._make_socket_transport(conn, protocol, extra=extra, server=server)
+            if raw:
+                transport = self._make_socket_transport(conn, protocol, server=server, _peer=addr)
+            else:
+                transport = self._make_socket_transport(conn, protocol, extra={'peername': addr}, server=server)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - as _accept_connection2: all but exits

@@ -32,7 +32,7 @@ use oxloop_core::waker::Waker;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -769,9 +769,18 @@ impl LoopCore {
                     return Ok((into_raw(accepted), error));
                 }
             };
-            accepted.push((conn, addr.python_object(py)?));
+            // The raw address: the transport makes `peername` from it when asked.
+            accepted.push((conn, PyBytes::new(py, addr.bytes()).into_any()));
         }
         Ok((into_raw(accepted), None))
+    }
+
+    /// The Python form (`socket` module's) of a raw address from `_accept_many`.
+    #[staticmethod]
+    fn _sockaddr<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        crate::sockaddr::CompactAddr::from_bytes(raw)
+            .expand()
+            .python_object(py)
     }
 
     /// `(done, result_or_future)` for `sock_recv`/`sock_recv_into`/`sock_sendall`.

@@ -144,10 +144,12 @@ pub struct Transport {
     pub(super) event_loop: GilCell<Option<Py<LoopCore>>>,
     pub(super) sock: GilCell<Option<Py<PyAny>>>,
     pub(super) fd: RawFd,
-    /// `None` only in a new object whose fields are not written yet, which the
+    /// False only in a new object whose fields are not written yet, which the
     /// garbage collector may traverse (3.11 allocates the `__dict__` in between):
-    /// zeroed memory reads as `None` here, and `__traverse__` stops at it.
-    extra: Option<Py<PyDict>>,
+    /// zeroed memory reads as false here, and `__traverse__` stops at it.
+    made: bool,
+    /// The `extra` dict; made on first use when everything in it is pending.
+    extra: GilCell<Option<Py<PyDict>>>,
     /// The entries asyncio's `__init__` puts in `extra` that are made on first use.
     pending_extra: GilCell<Option<Box<PendingExtra>>>,
     kind: Kind,
@@ -194,6 +196,9 @@ fn sock_name<'py>(sock: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py,
 /// families whose addresses oxloop converts as the `socket` module does.
 pub(super) struct PendingExtra {
     sock: Py<PyAny>,
+    /// The peer's address as `accept()` gave it, which asyncio passes in as
+    /// `extra={'peername': addr}` (the dict's first key).
+    accepted_peer: Option<CompactAddr>,
     /// `None`: `getsockname()` failed (asyncio stores `None`).
     sockname: Option<CompactAddr>,
     /// `Some` when asyncio calls `getpeername()` (no `peername` was given).
@@ -203,7 +208,12 @@ pub(super) struct PendingExtra {
 impl PendingExtra {
     /// For an exact socket whose fd is `fd`: its addresses now, or `None` when
     /// the family is one whose Python form is left to the `socket` module.
-    fn read(sock: &Bound<'_, PyAny>, fd: RawFd, peer_given: bool) -> Option<Self> {
+    fn read(
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+        peer_given: bool,
+        accepted_peer: Option<CompactAddr>,
+    ) -> Option<Self> {
         // SAFETY: `fd` was read from `sock` (an exact socket.socket) just before,
         // with no Python code run since: it is the socket's own.
         let fd = unsafe { sys::borrow(fd) }.ok()?;
@@ -212,13 +222,14 @@ impl PendingExtra {
         if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
             return None;
         }
-        let peername = (!peer_given).then(|| {
+        let peername = (!peer_given && accepted_peer.is_none()).then(|| {
             SockAddr::of_socket(fd, true)
                 .ok()
                 .map(|addr| addr.compact())
         });
         Some(Self {
             sock: sock.clone().unbind(),
+            accepted_peer,
             sockname: local.ok().map(|addr| addr.compact()),
             peername,
         })
@@ -233,6 +244,9 @@ impl PendingExtra {
                 None => Ok(py.None().into_bound(py)),
             }
         };
+        if let Some(peer) = self.accepted_peer {
+            extra.set_item("peername", address(Some(peer))?)?;
+        }
         extra.set_item("socket", py::transport_socket(py)?.call1((self.sock,))?)?;
         extra.set_item("sockname", address(self.sockname)?)?;
         if let Some(peername) = self.peername {
@@ -245,12 +259,16 @@ impl PendingExtra {
 impl Transport {
     /// CPython: the first half of `_SelectorTransport.__init__` (the `extra` dict
     /// and the socket); [`Transport::attach`] does the rest once the object exists.
+    ///
+    /// `accepted_raw`: the raw address `accept()` gave for a connection a server
+    /// accepted (asyncio passes it as `extra={'peername': ...}`).
     pub(super) fn new(
         kind: Kind,
         sock: &Bound<'_, PyAny>,
         extra: Option<Bound<'_, PyDict>>,
         server: Option<&Bound<'_, PyAny>>,
         address: Option<&Bound<'_, PyAny>>,
+        accepted_raw: Option<&[u8]>,
     ) -> PyResult<Self> {
         let py = sock.py();
         let exact = py::is_exact_socket(sock)?;
@@ -259,21 +277,38 @@ impl Transport {
         } else {
             sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?
         };
-        let extra = extra.unwrap_or_else(|| PyDict::new(py));
-        let peer_given = extra.contains(pyo3::intern!(py, "peername"))?;
+        let peer_given = match &extra {
+            Some(extra) => extra.contains(pyo3::intern!(py, "peername"))?,
+            None => false,
+        };
         let pending = if exact {
-            PendingExtra::read(sock, fd, peer_given)
+            PendingExtra::read(
+                sock,
+                fd,
+                peer_given,
+                accepted_raw.map(CompactAddr::from_bytes),
+            )
         } else {
             None
         };
+        let lazy = pending.is_some() && extra.is_none();
+        let extra = extra.unwrap_or_else(|| PyDict::new(py));
         if pending.is_none() {
+            if let Some(raw) = accepted_raw {
+                let peer = CompactAddr::from_bytes(raw).expand().python_object(py)?;
+                extra.set_item("peername", peer)?;
+            }
             extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
             extra.set_item("sockname", sock_name(sock, "getsockname")?)?;
-            if !peer_given {
+            if !peer_given && accepted_raw.is_none() {
                 extra.set_item("peername", sock_name(sock, "getpeername")?)?;
             }
         }
         let mut this = Self::from_parts(kind, fd, sock, extra, server, address);
+        if lazy {
+            // Nothing in the dict yet: it is made with its entries on first use.
+            drop(this.extra.replace(py, None));
+        }
         this.pending_extra = GilCell::new(pending.map(Box::new));
         Ok(this)
     }
@@ -303,7 +338,8 @@ impl Transport {
             event_loop: GilCell::new(None),
             sock: GilCell::new(Some(sock.clone().unbind())),
             fd,
-            extra: Some(extra.unbind()),
+            made: true,
+            extra: GilCell::new(Some(extra.unbind())),
             pending_extra: GilCell::new(None),
             kind,
             read_ready: OnceLock::new(),
@@ -475,14 +511,17 @@ impl Transport {
 
     /// The `extra` dict (always there once the object is made), with the entries
     /// made on first use filled in.
-    fn extra<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyDict>> {
-        let extra = self
-            .extra
-            .as_ref()
-            .expect("a transport's extra dict is set when it is made")
-            .bind(py);
+    fn extra<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let extra = match self.extra.clone_ref(py) {
+            Some(extra) => extra.into_bound(py),
+            None => {
+                let extra = PyDict::new(py);
+                drop(self.extra.replace(py, Some(extra.clone().unbind())));
+                extra
+            }
+        };
         if let Some(pending) = self.pending_extra.replace(py, None) {
-            pending.fill(extra)?;
+            pending.fill(&extra)?;
         }
         Ok(extra)
     }
@@ -1424,12 +1463,12 @@ impl Transport {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(extra) = &self.extra else {
-            return Ok(()); // not initialised yet (see `extra`)
-        };
-        visit.call(extra)?;
+        if !self.made {
+            return Ok(()); // not initialised yet (see `made`)
+        }
         // SAFETY: called by the GC only.
         unsafe {
+            visit.call(self.extra.get_for_gc())?;
             visit.call(self.event_loop.get_for_gc())?;
             visit.call(self.sock.get_for_gc())?;
             if let Some(pending) = self.pending_extra.get_for_gc() {

@@ -304,7 +304,7 @@ impl DatagramTransport {
                 .call1((event_loop, sock, protocol, address, waiter, extra));
         }
         let address = address.filter(|a| !a.is_none());
-        let base = Transport::new(Kind::Datagram, sock, extra, None, address)?;
+        let base = Transport::new(Kind::Datagram, sock, extra, None, address, None)?;
         let connected = match base.extra_item(py, "peername")? {
             Some(peer) => peer.is_truthy()?,
             None => false,

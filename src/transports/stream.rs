@@ -204,7 +204,10 @@ impl StreamTransport {
 impl StreamTransport {
     /// `_SelectorSocketTransport(loop, sock, protocol, waiter, extra, server)`.
     #[staticmethod]
-    #[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None))]
+    /// `peer`: the raw address of a connection a server accepted (`_accept_many`),
+    /// which asyncio passes as `extra={'peername': addr}`.
+    #[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None, peer=None))]
+    #[allow(clippy::too_many_arguments)] // asyncio's constructor arguments, and the peer
     fn _create<'py>(
         event_loop: &Bound<'py, LoopCore>,
         sock: &Bound<'py, PyAny>,
@@ -212,9 +215,19 @@ impl StreamTransport {
         waiter: Option<&Bound<'py, PyAny>>,
         extra: Option<Bound<'py, PyDict>>,
         server: Option<&Bound<'py, PyAny>>,
+        peer: Option<&[u8]>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = event_loop.py();
         if !crate::py::is_exact_socket(sock)? {
+            let extra = match peer {
+                Some(raw) => {
+                    let extra = extra.unwrap_or_else(|| PyDict::new(py));
+                    let addr = crate::sockaddr::CompactAddr::from_bytes(raw).expand();
+                    extra.set_item("peername", addr.python_object(py)?)?;
+                    Some(extra)
+                }
+                None => extra,
+            };
             // A subclass or duck type: asyncio's own transport, which calls the
             // object's `recv`/`send`/`recv_into`/`sendmsg`/`shutdown` (a TLS
             // wrapper or a test double must see every byte). A native transport
@@ -223,7 +236,7 @@ impl StreamTransport {
                 .call1((event_loop, sock, protocol, waiter, extra, server));
         }
         let server = server.filter(|s| !s.is_none());
-        let base = Transport::new(Kind::Socket, sock, extra, server, None)?;
+        let base = Transport::new(Kind::Socket, sock, extra, server, None, peer)?;
         Self::set_nodelay(sock)?;
         Transport::create(
             base,
