@@ -24,10 +24,12 @@ use crate::py;
 /// without Python's call machinery (see [`Handle::set_native`]).
 pub type NativeFn = for<'py> fn(&Bound<'py, PyAny>) -> PyResult<()>;
 
-/// What a handle runs, cloned out of it for one call.
-pub struct Callback {
-    pub callback: Py<PyAny>,
-    pub args: Py<PyTuple>,
+/// What a handle runs, cloned out of it for one call (the callback may cancel its
+/// own handle, which drops the handle's references). Bound, not `Py`: dropping a
+/// `Bound` skips PyO3's thread-local GIL check.
+pub struct Callback<'py> {
+    pub callback: Bound<'py, PyAny>,
+    pub args: Bound<'py, PyTuple>,
 }
 
 #[pyclass(frozen, subclass, weakref, module = "oxloop._oxloop", name = "Handle")]
@@ -164,13 +166,13 @@ impl Handle {
     }
 
     /// The callback and its arguments, unless cancelled.
-    pub fn callback(&self, py: Python<'_>) -> Option<Callback> {
+    pub fn callback<'py>(&self, py: Python<'py>) -> Option<Callback<'py>> {
         if self.is_cancelled() {
             return None;
         }
         Some(Callback {
-            callback: self.callback.clone_ref(py)?,
-            args: self.args.clone_ref(py)?,
+            callback: self.callback.clone_ref(py)?.into_bound(py),
+            args: self.args.clone_ref(py)?.into_bound(py),
         })
     }
 
@@ -243,26 +245,16 @@ impl Handle {
         if unsafe { pyo3::ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
             // asyncio calls `self._context.run(callback, *args)` on whatever it was
             // given: a duck-typed context runs it, anything else raises its own error.
-            let mut call_args = vec![cb.callback.into_bound(py)];
-            call_args.extend(cb.args.bind(py).iter());
+            let mut call_args = vec![cb.callback];
+            call_args.extend(cb.args.iter());
             return context
                 .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
                 .map(drop);
         }
         if let Some(native) = self.native.get() {
-            return crate::ffi::run_native_in_context(
-                py,
-                self.context.bind(py),
-                cb.callback.bind(py),
-                *native,
-            );
+            return crate::ffi::run_native_in_context(py, context, &cb.callback, *native);
         }
-        crate::ffi::run_in_context(
-            py,
-            self.context.bind(py),
-            cb.callback.bind(py),
-            cb.args.bind(py),
-        )
+        crate::ffi::run_in_context(py, context, &cb.callback, &cb.args)
     }
 }
 

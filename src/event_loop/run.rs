@@ -188,7 +188,7 @@ impl LoopCore {
         let h = handle.get();
         let (callback, args) = h.callback(py).map_or_else(
             || (py.None(), py.None()),
-            |cb| (cb.callback, cb.args.into_any()),
+            |cb| (cb.callback.unbind(), cb.args.into_any().unbind()),
         );
         let source = py::callback_source(py, callback, args, slf.get().debug())?;
         let context = PyDict::new(py);
