@@ -8,6 +8,7 @@
 //! Handles are frozen pyclasses: the flags are atomics and the clearable fields
 //! are [`GilCell`]s, so the loop reads them without a borrow flag.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -36,8 +37,9 @@ pub struct Callback<'py> {
 pub struct Handle {
     callback: GilCell<Option<Py<PyAny>>>,
     args: GilCell<Option<Py<PyTuple>>>,
-    context: Py<PyAny>,
-    event_loop: Py<LoopCore>,
+    // ManuallyDrop: released by `Drop` without PyO3's thread-local GIL check.
+    context: ManuallyDrop<Py<PyAny>>,
+    event_loop: ManuallyDrop<Py<LoopCore>>,
     cancelled: AtomicBool,
     /// In the timer heap (asyncio's `TimerHandle._scheduled`).
     scheduled: AtomicBool,
@@ -70,8 +72,8 @@ impl Handle {
         Self {
             callback: GilCell::new(Some(callback)),
             args: GilCell::new(Some(args)),
-            context,
-            event_loop,
+            context: ManuallyDrop::new(context),
+            event_loop: ManuallyDrop::new(event_loop),
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
             source_traceback,
@@ -139,8 +141,8 @@ impl Handle {
             visit.call(self.args.get_for_gc())?;
             visit.call(self.cached_repr.get_for_gc())?;
         }
-        visit.call(&self.context)?;
-        visit.call(&self.event_loop)?;
+        visit.call(&*self.context)?;
+        visit.call(&*self.event_loop)?;
         visit.call(&self.source_traceback)?;
         Ok(())
     }
@@ -236,6 +238,7 @@ impl Handle {
     }
 
     /// Runs the callback like `Handle._run()`; the error is returned, not reported.
+    #[inline(always)]
     pub fn run_callback(&self, py: Python<'_>) -> PyResult<()> {
         let Some(cb) = self.callback(py) else {
             return Ok(());
@@ -243,18 +246,63 @@ impl Handle {
         let context = self.context.bind(py);
         // SAFETY: a type check of a live object.
         if unsafe { pyo3::ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
-            // asyncio calls `self._context.run(callback, *args)` on whatever it was
-            // given: a duck-typed context runs it, anything else raises its own error.
-            let mut call_args = vec![cb.callback];
-            call_args.extend(cb.args.iter());
-            return context
-                .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
-                .map(drop);
+            return Self::run_in_other_context(context, cb);
         }
         if let Some(native) = self.native.get() {
             return crate::ffi::run_native_in_context(py, context, &cb.callback, *native);
         }
         crate::ffi::run_in_context(py, context, &cb.callback, &cb.args)
+    }
+
+    /// asyncio calls `self._context.run(callback, *args)` on whatever it was
+    /// given: a duck-typed context runs it, anything else raises its own error.
+    #[cold]
+    #[inline(never)]
+    fn run_in_other_context(context: &Bound<'_, PyAny>, cb: Callback<'_>) -> PyResult<()> {
+        let py = context.py();
+        let mut call_args = vec![cb.callback];
+        call_args.extend(cb.args.iter());
+        context
+            .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
+            .map(drop)
+    }
+}
+
+/// Released as `Bound`s: a `Py` drop asks PyO3's thread-local GIL count first, a
+/// cost paid for every handle the loop runs.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: a `Handle` is dropped with the GIL held: by its Python object's
+        // deallocation, or by the loop code that built it when it could not be
+        // wrapped in one (PyO3 never drops a pyclass value without the GIL; a `Py`
+        // released elsewhere is deferred until the GIL is held).
+        let py = unsafe { Python::assume_attached() };
+        // SAFETY: `drop` runs once; the fields are not used after this.
+        let (context, event_loop) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.context),
+                ManuallyDrop::take(&mut self.event_loop),
+            )
+        };
+        let callback = self.callback.replace(py, None);
+        let args = self.args.replace(py, None);
+        let repr = self.cached_repr.replace(py, None);
+        let tb = self.source_traceback.take();
+        // In declaration order, as the fields' own drops would.
+        if let Some(callback) = callback {
+            callback.drop_ref(py);
+        }
+        if let Some(args) = args {
+            args.drop_ref(py);
+        }
+        context.drop_ref(py);
+        event_loop.drop_ref(py);
+        if let Some(tb) = tb {
+            tb.drop_ref(py);
+        }
+        if let Some(repr) = repr {
+            repr.drop_ref(py);
+        }
     }
 }
 

@@ -177,36 +177,44 @@ impl LoopCore {
 
     /// asyncio's `Handle._run()`: run, and report anything but `SystemExit` and
     /// `KeyboardInterrupt` (which stop the loop) to the exception handler.
+    #[inline(always)]
     pub fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
-        let py = slf.py();
-        let Err(err) = handle.get().run_callback(py) else {
-            return Ok(());
-        };
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
-            return Err(err);
-        }
-        let h = handle.get();
-        let (callback, args) = h.callback(py).map_or_else(
-            || (py.None(), py.None()),
-            |cb| (cb.callback.unbind(), cb.args.into_any().unbind()),
-        );
-        let source = py::callback_source(py, callback, args, slf.get().debug())?;
-        let context = PyDict::new(py);
-        context.set_item("message", format!("Exception in callback {source}"))?;
-        context.set_item("exception", err.into_value(py))?;
-        context.set_item("handle", handle)?;
-        if let Some(tb) = h.source_traceback() {
-            if tb.bind(py).is_truthy()? {
-                context.set_item("source_traceback", tb)?;
+        #[cold]
+        #[inline(never)]
+        fn report(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+            let py = slf.py();
+            if err.is_instance_of::<PySystemExit>(py)
+                || err.is_instance_of::<PyKeyboardInterrupt>(py)
+            {
+                return Err(err);
             }
+            let h = handle.get();
+            let (callback, args) = h.callback(py).map_or_else(
+                || (py.None(), py.None()),
+                |cb| (cb.callback.unbind(), cb.args.into_any().unbind()),
+            );
+            let source = py::callback_source(py, callback, args, slf.get().debug())?;
+            let context = PyDict::new(py);
+            context.set_item("message", format!("Exception in callback {source}"))?;
+            context.set_item("exception", err.into_value(py))?;
+            context.set_item("handle", handle)?;
+            if let Some(tb) = h.source_traceback() {
+                if tb.bind(py).is_truthy()? {
+                    context.set_item("source_traceback", tb)?;
+                }
+            }
+            // Through ffi::call_method: the handler runs Python code on the loop's thread.
+            crate::ffi::call_method(
+                slf.as_any(),
+                pyo3::intern!(py, "call_exception_handler"),
+                &PyTuple::new(py, [context])?,
+            )?;
+            Ok(())
         }
-        // Through ffi::call_method: the handler runs Python code on the loop's thread.
-        crate::ffi::call_method(
-            slf.as_any(),
-            pyo3::intern!(py, "call_exception_handler"),
-            &PyTuple::new(py, [context])?,
-        )?;
-        Ok(())
+        match handle.get().run_callback(slf.py()) {
+            Ok(()) => Ok(()),
+            Err(err) => report(slf, handle, err),
+        }
     }
 
     /// The debug-mode branch of `_run_once`: `_current_handle` and the
