@@ -9,6 +9,7 @@
 //! as the reference implementation of the same logic (both call the same Rust).
 
 use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
@@ -58,7 +59,10 @@ unsafe fn parse<'a, 'py>(
         PyTuple::empty(py)
     };
     let mut context = None;
-    if !kwnames.is_null() {
+    if !kwnames.is_null() && std::ptr::eq(kwnames, CONTEXT_KWNAMES.load(Ordering::Relaxed)) {
+        // The C Task's `("context",)`, seen before: no name to compare.
+        context = Some(at(nargs));
+    } else if !kwnames.is_null() {
         // SAFETY: kwnames is a tuple of str, borrowed for the call.
         let count = unsafe { ffi::PyTuple_GET_SIZE(kwnames) };
         let interned = pyo3::intern!(py, "context").as_ptr();
@@ -90,6 +94,10 @@ unsafe fn parse<'a, 'py>(
                 )));
             }
         }
+        if count == 1 && context.is_some() {
+            // SAFETY: kwnames is a live tuple, exactly `("context",)`.
+            unsafe { remember_context_kwnames(kwnames) };
+        }
     }
     if let Some(i) = fixed.iter().take(names.len()).position(Option::is_none) {
         return Err(PyTypeError::new_err(format!(
@@ -102,6 +110,27 @@ unsafe fn parse<'a, 'py>(
         args: extra,
         context,
     })
+}
+
+/// The last `kwnames` tuple seen that is exactly `("context",)`: the C Task passes
+/// the same one (its own, not interned) on every step. Held by a strong reference,
+/// so that no other tuple can be allocated at its address; tuples are immutable.
+static CONTEXT_KWNAMES: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Makes `kwnames` the remembered `("context",)` tuple.
+///
+/// # Safety
+/// GIL held; `kwnames` is a live tuple equal to `("context",)`.
+unsafe fn remember_context_kwnames(kwnames: *mut ffi::PyObject) {
+    // SAFETY: GIL held (it also serialises the swap); the old tuple's reference is
+    // ours, and freeing a tuple of str runs no Python code.
+    unsafe {
+        ffi::Py_INCREF(kwnames);
+        let old = CONTEXT_KWNAMES.swap(kwnames, Ordering::Relaxed);
+        if !old.is_null() {
+            ffi::Py_DECREF(old);
+        }
+    }
 }
 
 /// `name == "context"` for a keyword name.

@@ -181,7 +181,11 @@ impl LoopCore {
     pub fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
         #[cold]
         #[inline(never)]
-        fn report(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+        fn report(
+            slf: &Bound<'_, LoopCore>,
+            handle: &Bound<'_, Handle>,
+            err: PyErr,
+        ) -> PyResult<()> {
             let py = slf.py();
             if err.is_instance_of::<PySystemExit>(py)
                 || err.is_instance_of::<PyKeyboardInterrupt>(py)
