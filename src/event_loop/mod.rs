@@ -256,7 +256,7 @@ impl LoopCore {
         threadsafe: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let handle = Bound::new(
+        let handle = Handle::into_object(
             py,
             Self::new_handle(slf, callback, args, context, method, !threadsafe)?,
         )?;

@@ -169,7 +169,7 @@ impl LoopCore {
             } else {
                 Self::run_handle(slf, &handle)
             };
-            Handle::leave_queue(&handle);
+            Handle::release_ran(handle);
             result?;
         }
         Ok(())
