@@ -9,19 +9,23 @@
 //! as the reference implementation of the same logic (both call the same Rust).
 
 use std::ffi::{c_char, CStr};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use pyo3::Borrowed;
 
 use crate::event_loop::LoopCore;
 
 /// Positional-or-keyword parameters, then `*args`, then keyword-only `context`.
-struct Parsed<'py> {
-    fixed: [Option<Bound<'py, PyAny>>; 2],
+/// The arguments stay borrowed from the call's vector (no reference counting): a
+/// handle takes its own references when it is built.
+struct Parsed<'a, 'py> {
+    fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2],
     args: Bound<'py, PyTuple>,
-    context: Option<Bound<'py, PyAny>>,
+    context: Option<Borrowed<'a, 'py, PyAny>>,
 }
 
 /// Parses a vectorcall argument vector.
@@ -29,20 +33,23 @@ struct Parsed<'py> {
 /// # Safety
 /// `args` holds `nargs` positional arguments followed by `len(kwnames)` keyword
 /// values, all borrowed references valid for the call (CPython's contract).
-unsafe fn parse<'py>(
+/// Inlined: the parameter names are constants at each call site.
+#[inline(always)]
+unsafe fn parse<'a, 'py>(
     py: Python<'py>,
     method: &str,
     names: &[&str],
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-) -> PyResult<Parsed<'py>> {
+) -> PyResult<Parsed<'a, 'py>> {
     let nargs = usize::try_from(nargs).unwrap_or(0);
-    let at = |i: usize| -> Bound<'py, PyAny> {
-        // SAFETY: i < nargs + len(kwnames), per the caller's contract.
-        unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) }
+    let at = |i: usize| -> Borrowed<'a, 'py, PyAny> {
+        // SAFETY: i < nargs + len(kwnames), per the caller's contract: a live,
+        // non-null reference borrowed for the call, which outlives 'a.
+        unsafe { Borrowed::from_ptr(py, *args.add(i)) }
     };
-    let mut fixed: [Option<Bound<'py, PyAny>>; 2] = [None, None];
+    let mut fixed: [Option<Borrowed<'a, 'py, PyAny>>; 2] = [None, None];
     for (i, slot) in fixed.iter_mut().enumerate().take(names.len().min(nargs)) {
         *slot = Some(at(i));
     }
@@ -52,7 +59,10 @@ unsafe fn parse<'py>(
         PyTuple::empty(py)
     };
     let mut context = None;
-    if !kwnames.is_null() {
+    if !kwnames.is_null() && std::ptr::eq(kwnames, CONTEXT_KWNAMES.load(Ordering::Relaxed)) {
+        // The C Task's `("context",)`, seen before: no name to compare.
+        context = Some(at(nargs));
+    } else if !kwnames.is_null() {
         // SAFETY: kwnames is a tuple of str, borrowed for the call.
         let count = unsafe { ffi::PyTuple_GET_SIZE(kwnames) };
         let interned = pyo3::intern!(py, "context").as_ptr();
@@ -84,6 +94,10 @@ unsafe fn parse<'py>(
                 )));
             }
         }
+        if count == 1 && context.is_some() {
+            // SAFETY: kwnames is a live tuple, exactly `("context",)`.
+            unsafe { remember_context_kwnames(kwnames) };
+        }
     }
     if let Some(i) = fixed.iter().take(names.len()).position(Option::is_none) {
         return Err(PyTypeError::new_err(format!(
@@ -96,6 +110,27 @@ unsafe fn parse<'py>(
         args: extra,
         context,
     })
+}
+
+/// The last `kwnames` tuple seen that is exactly `("context",)`: the C Task passes
+/// the same one (its own, not interned) on every step. Held by a strong reference,
+/// so that no other tuple can be allocated at its address; tuples are immutable.
+static CONTEXT_KWNAMES: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Makes `kwnames` the remembered `("context",)` tuple.
+///
+/// # Safety
+/// GIL held; `kwnames` is a live tuple equal to `("context",)`.
+unsafe fn remember_context_kwnames(kwnames: *mut ffi::PyObject) {
+    // SAFETY: GIL held (it also serialises the swap); the old tuple's reference is
+    // ours, and freeing a tuple of str runs no Python code.
+    unsafe {
+        ffi::Py_INCREF(kwnames);
+        let old = CONTEXT_KWNAMES.swap(kwnames, Ordering::Relaxed);
+        if !old.is_null() {
+            ffi::Py_DECREF(old);
+        }
+    }
 }
 
 /// `name == "context"` for a keyword name.
@@ -172,14 +207,20 @@ macro_rules! fastcall_method {
     };
 }
 
-fn fixed<'a, 'py>(p: &'a Parsed<'py>, i: usize) -> PyResult<&'a Bound<'py, PyAny>> {
-    p.fixed[i]
-        .as_ref()
-        .ok_or_else(|| PyValueError::new_err("missing argument"))
+fn fixed<'a, 'py>(p: &Parsed<'a, 'py>, i: usize) -> PyResult<Borrowed<'a, 'py, PyAny>> {
+    p.fixed[i].ok_or_else(|| PyValueError::new_err("missing argument"))
 }
 
 fastcall_method!(call_soon, "call_soon", ["callback"], |slf, p| {
-    LoopCore::call_soon(slf, fixed(&p, 0)?, p.args.clone(), p.context.clone()).map(Bound::into_any)
+    LoopCore::queue_new_handle(
+        slf,
+        &*fixed(&p, 0)?,
+        p.args,
+        p.context.as_deref(),
+        "call_soon",
+        false,
+    )
+    .map(Bound::into_any)
 });
 
 fastcall_method!(
@@ -187,18 +228,25 @@ fastcall_method!(
     "call_soon_threadsafe",
     ["callback"],
     |slf, p| {
-        LoopCore::call_soon_threadsafe(slf, fixed(&p, 0)?, p.args.clone(), p.context.clone())
-            .map(Bound::into_any)
+        LoopCore::queue_new_handle(
+            slf,
+            &*fixed(&p, 0)?,
+            p.args,
+            p.context.as_deref(),
+            "call_soon_threadsafe",
+            true,
+        )
+        .map(Bound::into_any)
     }
 );
 
 fastcall_method!(call_later, "call_later", ["delay", "callback"], |slf, p| {
     LoopCore::call_later(
         slf,
-        fixed(&p, 0)?,
-        fixed(&p, 1)?,
-        p.args.clone(),
-        p.context.clone(),
+        &*fixed(&p, 0)?,
+        &*fixed(&p, 1)?,
+        p.args,
+        p.context.map(|c| c.to_owned()),
     )
     .map(Bound::into_any)
 });
@@ -206,10 +254,10 @@ fastcall_method!(call_later, "call_later", ["delay", "callback"], |slf, p| {
 fastcall_method!(call_at, "call_at", ["when", "callback"], |slf, p| {
     LoopCore::call_at(
         slf,
-        fixed(&p, 0)?,
-        fixed(&p, 1)?,
-        p.args.clone(),
-        p.context.clone(),
+        &*fixed(&p, 0)?,
+        &*fixed(&p, 1)?,
+        p.args,
+        p.context.map(|c| c.to_owned()),
     )
     .map(Bound::into_any)
 });

@@ -20,6 +20,7 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 /// Runs `body` inside `context`, as `Context.run` does: entering fails as it does
 /// (`RuntimeError` when the context is already entered, `TypeError` when it is not
 /// a `Context`), and the context is left whatever `body` returns.
+#[inline(always)]
 pub(crate) fn with_context<T>(
     py: Python<'_>,
     context: &Bound<'_, PyAny>,
@@ -191,14 +192,35 @@ pub fn call_protocol<'py>(
     unsafe { Bound::from_owned_ptr_or_err(py, out) }
 }
 
-/// `context.run(callback, *args)`, discarding the result.
+/// `context.run(callback, *args)`, discarding the result. Inlined into the run
+/// iteration, with the call made here: the hottest path of the loop.
+#[inline(always)]
 pub fn run_in_context(
     py: Python<'_>,
     context: &Bound<'_, PyAny>,
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
-    with_context(py, context, || call(callback, args).map(drop))
+    with_context(py, context, || {
+        let guard = HangOnForcedUnwind;
+        // SAFETY: attached (token); the objects are live for the call; returns a
+        // new reference or NULL with an exception set (see `call_kw`).
+        let out = unsafe {
+            let (no_args, with_args) = unwinding_calls();
+            if args.is_empty() {
+                no_args(callback.as_ptr())
+            } else {
+                with_args(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut())
+            }
+        };
+        std::mem::forget(guard);
+        if out.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: the call's new reference, released at once (a Bound drop).
+        drop(unsafe { Bound::from_owned_ptr(py, out) });
+        Ok(())
+    })
 }
 
 /// `context.run(method)` for a native transport's bound method: calls `native` on

@@ -8,6 +8,7 @@
 //! Handles are frozen pyclasses: the flags are atomics and the clearable fields
 //! are [`GilCell`]s, so the loop reads them without a borrow flag.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -24,18 +25,82 @@ use crate::py;
 /// without Python's call machinery (see [`Handle::set_native`]).
 pub type NativeFn = for<'py> fn(&Bound<'py, PyAny>) -> PyResult<()>;
 
-/// What a handle runs, cloned out of it for one call.
-pub struct Callback {
-    pub callback: Py<PyAny>,
-    pub args: Py<PyTuple>,
+/// What a handle runs, cloned out of it for one call (the callback may cancel its
+/// own handle, which drops the handle's references). Bound, not `Py`: dropping a
+/// `Bound` skips PyO3's thread-local GIL check.
+pub struct Callback<'py> {
+    pub callback: Bound<'py, PyAny>,
+    pub args: Bound<'py, PyTuple>,
 }
+
+/// A handle field written only when the handle is built, recycled or dropped,
+/// that is while nothing else holds the handle; read freely with the GIL.
+struct Reusable<T>(UnsafeCell<T>);
+
+// SAFETY: read with the GIL held; written only under the conditions of `replace`.
+unsafe impl<T: Send> Sync for Reusable<T> {}
+
+impl<T> Reusable<T> {
+    const fn new(value: T) -> Self {
+        Self(UnsafeCell::new(value))
+    }
+
+    fn get(&self) -> &T {
+        // SAFETY: writes happen only while no one else holds the handle (see
+        // `replace`), so no reference handed out here is alive then.
+        unsafe { &*self.0.get() }
+    }
+
+    /// # Safety
+    /// GIL held, and nothing but the caller holds the handle (no reference from
+    /// `get` can be alive).
+    unsafe fn replace(&self, value: T) -> T {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { std::mem::replace(&mut *self.0.get(), value) }
+    }
+}
+
+/// Handles the loop ran and nothing else could reach (refcount 1, no weak
+/// reference, exact type), emptied, for `call_soon` to fill again: an allocation
+/// and a deallocation through PyO3 cost more than the rest of `call_soon`. They
+/// hold no reference (the `None` object aside), are untracked by the collector, and
+/// live until the process ends.
+struct FreeList(UnsafeCell<Vec<Py<Handle>>>);
+
+// SAFETY: used with the GIL held only, and never across a call into Python.
+unsafe impl Sync for FreeList {}
+
+impl FreeList {
+    fn pop(&self, _py: Python<'_>) -> Option<Py<Handle>> {
+        // SAFETY: GIL held (token); a Vec operation runs no Python code.
+        unsafe { (*self.0.get()).pop() }
+    }
+
+    /// Keeps `handle` (the caller checked `is_full` first).
+    fn push(&self, _py: Python<'_>, handle: Py<Handle>) {
+        // SAFETY: GIL held (token); a Vec operation runs no Python code.
+        unsafe { (*self.0.get()).push(handle) }
+    }
+
+    fn is_full(&self, _py: Python<'_>) -> bool {
+        // SAFETY: GIL held (token); a plain read.
+        unsafe { (*self.0.get()).len() >= FREE_HANDLES_MAX }
+    }
+}
+
+static FREE_HANDLES: FreeList = FreeList(UnsafeCell::new(Vec::new()));
+
+/// At most this many emptied handles are kept (about 100 bytes each).
+const FREE_HANDLES_MAX: usize = 1024;
 
 #[pyclass(frozen, subclass, weakref, module = "oxloop._oxloop", name = "Handle")]
 pub struct Handle {
     callback: GilCell<Option<Py<PyAny>>>,
     args: GilCell<Option<Py<PyTuple>>>,
-    context: Py<PyAny>,
-    event_loop: Py<LoopCore>,
+    /// `None` (the object) while the handle waits in the free list.
+    context: Reusable<Py<PyAny>>,
+    /// `None` only while the handle waits in the free list.
+    event_loop: Reusable<Option<Py<LoopCore>>>,
     cancelled: AtomicBool,
     /// In the timer heap (asyncio's `TimerHandle._scheduled`).
     scheduled: AtomicBool,
@@ -68,14 +133,90 @@ impl Handle {
         Self {
             callback: GilCell::new(Some(callback)),
             args: GilCell::new(Some(args)),
-            context,
-            event_loop,
+            context: Reusable::new(context),
+            event_loop: Reusable::new(Some(event_loop)),
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
             source_traceback,
             cached_repr: GilCell::new(None),
             native: OnceLock::new(),
         }
+    }
+
+    /// The handle as a Python object: an emptied one from the free list when there
+    /// is one, filled with `value`'s fields, else a new object.
+    #[inline(always)]
+    pub fn into_object(py: Python<'_>, value: Self) -> PyResult<Bound<'_, Self>> {
+        if value.source_traceback.is_none() {
+            if let Some(free) = FREE_HANDLES.pop(py) {
+                let free = free.into_bound(py);
+                let this = free.get();
+                // SAFETY: the free list's handle is reachable from nothing else
+                // (checked when it was put there), and `value` is owned here.
+                unsafe {
+                    drop(this.context.replace(value.context.replace(py.None())));
+                    drop(this.event_loop.replace(value.event_loop.replace(None)));
+                }
+                drop(this.callback.replace(py, value.callback.replace(py, None)));
+                drop(this.args.replace(py, value.args.replace(py, None)));
+                // The emptied `value` drops `None`s.
+                return Ok(free);
+            }
+        }
+        Bound::new(py, value)
+    }
+
+    /// The loop lets go of a handle it took from the ready queue (run or
+    /// cancelled): kept in the free list when nothing else can reach it, else
+    /// released as [`Handle::leave_queue`] says.
+    #[inline(always)]
+    pub fn release_ran(slf: Bound<'_, Self>) {
+        let py = slf.py();
+        let ptr = slf.as_ptr();
+        // SAFETY: a live object; reads of its refcount, type, GC flag and weak
+        // reference list (at the offset its type declares).
+        let reusable = unsafe {
+            pyo3::ffi::Py_REFCNT(ptr) == 1
+                && std::ptr::eq(
+                    pyo3::ffi::Py_TYPE(ptr),
+                    <Self as pyo3::PyTypeInfo>::type_object_raw(py),
+                )
+                && pyo3::ffi::PyObject_GC_IsTracked(ptr) == 0
+                && no_weakrefs(ptr)
+        };
+        let this = slf.get();
+        if !reusable
+            || this.source_traceback.is_some()
+            || this.native.get().is_some()
+            || FREE_HANDLES.is_full(py)
+        {
+            Self::leave_queue(&slf);
+            return;
+        }
+        // SAFETY: nothing but `slf` holds the handle (refcount 1, no weak
+        // reference, untracked so the collector cannot hand it out).
+        let (context, event_loop) = unsafe {
+            (
+                this.context.replace(py.None()),
+                this.event_loop.replace(None),
+            )
+        };
+        let callback = this.callback.replace(py, None);
+        let args = this.args.replace(py, None);
+        let repr = this.cached_repr.replace(py, None);
+        this.cancelled.store(false, Ordering::Relaxed);
+        this.scheduled.store(false, Ordering::Relaxed);
+        // Nothing ran since `is_full` said no (no Python code, no drop).
+        FREE_HANDLES.push(py, slf.unbind());
+        // Released last (as `Bound`s: no thread-local GIL check): this may run
+        // Python code (`__del__`), which may take the handle back out of the list.
+        drop((
+            callback.map(|o| o.into_bound(py)),
+            args.map(|o| o.into_bound(py)),
+            context.into_bound(py),
+            event_loop.map(|o| o.into_bound(py)),
+            repr.map(|o| o.into_bound(py)),
+        ));
     }
 
     /// Declares that `callback` is a bound method of a native transport whose Rust
@@ -137,8 +278,8 @@ impl Handle {
             visit.call(self.args.get_for_gc())?;
             visit.call(self.cached_repr.get_for_gc())?;
         }
-        visit.call(&self.context)?;
-        visit.call(&self.event_loop)?;
+        visit.call(self.context.get())?;
+        visit.call(self.event_loop.get())?;
         visit.call(&self.source_traceback)?;
         Ok(())
     }
@@ -156,7 +297,7 @@ impl Handle {
     }
 
     pub fn context<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
-        self.context.bind(py)
+        self.context.get().bind(py)
     }
 
     pub fn source_traceback(&self) -> Option<&Py<PyAny>> {
@@ -164,13 +305,13 @@ impl Handle {
     }
 
     /// The callback and its arguments, unless cancelled.
-    pub fn callback(&self, py: Python<'_>) -> Option<Callback> {
+    pub fn callback<'py>(&self, py: Python<'py>) -> Option<Callback<'py>> {
         if self.is_cancelled() {
             return None;
         }
         Some(Callback {
-            callback: self.callback.clone_ref(py)?,
-            args: self.args.clone_ref(py)?,
+            callback: self.callback.clone_ref(py)?.into_bound(py),
+            args: self.args.clone_ref(py)?.into_bound(py),
         })
     }
 
@@ -181,7 +322,10 @@ impl Handle {
         if this.cancelled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let event_loop = this.event_loop.get();
+        let Some(event_loop) = this.event_loop.get() else {
+            return Ok(()); // in the free list: unreachable from Python
+        };
+        let event_loop = event_loop.get();
         if this.scheduled.load(Ordering::Relaxed) {
             event_loop.timer_handle_cancelled();
         }
@@ -211,7 +355,11 @@ impl Handle {
                 .args
                 .clone_ref(py)
                 .map_or_else(|| py.None(), Py::into_any);
-            let debug = this.event_loop.get().debug();
+            let debug = this
+                .event_loop
+                .get()
+                .as_ref()
+                .is_some_and(|l| l.get().debug());
             info.push(py::callback_source(py, callback, args, debug)?);
         }
         if let Some(tb) = &this.source_traceback {
@@ -234,35 +382,74 @@ impl Handle {
     }
 
     /// Runs the callback like `Handle._run()`; the error is returned, not reported.
+    #[inline(always)]
     pub fn run_callback(&self, py: Python<'_>) -> PyResult<()> {
         let Some(cb) = self.callback(py) else {
             return Ok(());
         };
-        let context = self.context.bind(py);
+        let context = self.context.get().bind(py);
         // SAFETY: a type check of a live object.
         if unsafe { pyo3::ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
-            // asyncio calls `self._context.run(callback, *args)` on whatever it was
-            // given: a duck-typed context runs it, anything else raises its own error.
-            let mut call_args = vec![cb.callback.into_bound(py)];
-            call_args.extend(cb.args.bind(py).iter());
-            return context
-                .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
-                .map(drop);
+            return Self::run_in_other_context(context, cb);
         }
         if let Some(native) = self.native.get() {
-            return crate::ffi::run_native_in_context(
-                py,
-                self.context.bind(py),
-                cb.callback.bind(py),
-                *native,
-            );
+            return crate::ffi::run_native_in_context(py, context, &cb.callback, *native);
         }
-        crate::ffi::run_in_context(
-            py,
-            self.context.bind(py),
-            cb.callback.bind(py),
-            cb.args.bind(py),
-        )
+        crate::ffi::run_in_context(py, context, &cb.callback, &cb.args)
+    }
+
+    /// asyncio calls `self._context.run(callback, *args)` on whatever it was
+    /// given: a duck-typed context runs it, anything else raises its own error.
+    #[cold]
+    #[inline(never)]
+    fn run_in_other_context(context: &Bound<'_, PyAny>, cb: Callback<'_>) -> PyResult<()> {
+        let py = context.py();
+        let mut call_args = vec![cb.callback];
+        call_args.extend(cb.args.iter());
+        context
+            .call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)
+            .map(drop)
+    }
+}
+
+/// Released as `Bound`s: a `Py` drop asks PyO3's thread-local GIL count first, a
+/// cost paid for every handle the loop runs.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: a `Handle` is dropped with the GIL held: by its Python object's
+        // deallocation, or by the loop code that built it when it could not be
+        // wrapped in one (PyO3 never drops a pyclass value without the GIL; a `Py`
+        // released elsewhere is deferred until the GIL is held).
+        let py = unsafe { Python::assume_attached() };
+        // SAFETY: `drop` runs once; the fields are not used after this.
+        // SAFETY: `&mut self`: no other reference to the handle exists.
+        let (context, event_loop) = unsafe {
+            (
+                self.context.replace(py.None()),
+                self.event_loop.replace(None),
+            )
+        };
+        let callback = self.callback.replace(py, None);
+        let args = self.args.replace(py, None);
+        let repr = self.cached_repr.replace(py, None);
+        let tb = self.source_traceback.take();
+        // In declaration order, as the fields' own drops would.
+        if let Some(callback) = callback {
+            callback.drop_ref(py);
+        }
+        if let Some(args) = args {
+            args.drop_ref(py);
+        }
+        context.drop_ref(py);
+        if let Some(event_loop) = event_loop {
+            event_loop.drop_ref(py);
+        }
+        if let Some(tb) = tb {
+            tb.drop_ref(py);
+        }
+        if let Some(repr) = repr {
+            repr.drop_ref(py);
+        }
     }
 }
 
@@ -277,7 +464,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.get().clone_ref(py)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -294,7 +481,10 @@ impl Handle {
     /// Runs the callback and reports an exception to the loop's handler, as
     /// asyncio's `Handle._run()` does.
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let event_loop = slf.get().event_loop.bind(slf.py()).clone();
+        let Some(event_loop) = slf.get().event_loop.get() else {
+            return Ok(()); // in the free list: unreachable from Python
+        };
+        let event_loop = event_loop.bind(slf.py()).clone();
         LoopCore::run_handle(&event_loop, slf)
     }
 
@@ -328,12 +518,15 @@ impl Handle {
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.event_loop.clone_ref(py).into_any()
+        self.event_loop
+            .get()
+            .as_ref()
+            .map_or_else(|| py.None(), |l| l.clone_ref(py).into_any())
     }
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.get().clone_ref(py)
     }
 
     #[getter]
@@ -475,6 +668,23 @@ impl TimerHandle {
                 ha.args.clone_ref(py).map(Py::into_any),
                 hb.args.clone_ref(py).map(Py::into_any),
             )?)
+    }
+}
+
+/// No weak reference to `ptr` exists.
+///
+/// # Safety
+/// `ptr` is a live object.
+unsafe fn no_weakrefs(ptr: *mut pyo3::ffi::PyObject) -> bool {
+    // SAFETY: the type's weak reference list offset points into the object.
+    unsafe {
+        let offset = (*pyo3::ffi::Py_TYPE(ptr)).tp_weaklistoffset;
+        offset <= 0
+            || (*ptr
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut pyo3::ffi::PyObject>())
+            .is_null()
     }
 }
 

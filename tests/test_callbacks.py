@@ -193,3 +193,25 @@ def test_callbacks_unknown_keyword_rejected(loop, method):
     args = {'call_soon': (), 'call_soon_threadsafe': (), 'call_later': (1,), 'call_at': (loop.time() + 1,)}[method]
     with pytest.raises(TypeError):
         getattr(loop, method)(*args, print, end='')
+
+
+def test_callbacks_context_keyword_same_names_tuple(loop, run_briefly):
+    # One code object holds one `('context',)` constant: the calls below pass the
+    # same kwnames tuple (the one a Task's steps pass is recognised by identity).
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, 'in ctx')
+    seen = []
+
+    async def task_step():
+        seen.append(('task', var.get()))
+
+    loop.run_until_complete(task_step())
+    for _ in range(2):
+        loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+        loop.call_soon(seen.append, 'arg', context=ctx)
+        with pytest.raises(TypeError, match='callback'):
+            loop.call_soon(context=ctx)
+        with pytest.raises(TypeError, match='delay|callback'):
+            loop.call_later(context=ctx)
+    run_briefly(loop)
+    assert seen == [('task', 'default'), 'in ctx', 'arg', 'in ctx', 'arg']

@@ -149,3 +149,75 @@ def test_handles_weakref(loop):
     assert [r() for r in refs] == [h, t]
     h.cancel()
     t.cancel()
+
+
+def test_handles_dropped_after_run_do_not_leak_into_new_ones(loop, run_briefly):
+    # Handles nobody holds once they ran may be reused by oxloop for later calls:
+    # nothing of the old callback, arguments, context or cancelled state shows.
+    seen = []
+    for i in range(3):
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, f'ctx{i}')
+        loop.call_soon(lambda i=i: seen.append((i, var.get())), context=ctx)
+        dropped = loop.call_soon(seen.append, 'never')
+        dropped.cancel()
+        del dropped
+        run_briefly(loop)
+    h = loop.call_soon(seen.append, 'last')
+    assert not h.cancelled()
+    assert h._callback == seen.append and h._args == ('last',)
+    assert var not in h._context
+    assert h._loop is loop
+    assert 'last' in repr(h)
+    run_briefly(loop)
+    assert seen == [(0, 'ctx0'), (1, 'ctx1'), (2, 'ctx2'), 'last']
+
+
+def test_handles_held_after_run_keep_their_state(loop, run_briefly):
+    ctx = contextvars.copy_context()
+    held = [loop.call_soon(callback, i, context=ctx) for i in range(50)]
+    run_briefly(loop)
+    fresh = [loop.call_soon(callback, 'new') for _ in range(50)]
+    assert not {id(h) for h in held} & {id(h) for h in fresh}
+    for i, h in enumerate(held):
+        assert h._args == (i,) and h._context is ctx and h._loop is loop
+    for h in fresh:
+        h.cancel()
+
+
+def test_handles_weakly_referenced_after_run_are_freed(loop, run_briefly):
+    refs = [weakref.ref(loop.call_soon(callback)) for _ in range(10)]
+    run_briefly(loop)
+    assert all(r() is None for r in refs)
+    for _ in range(10):
+        loop.call_soon(callback)
+    assert all(r() is None for r in refs)
+    run_briefly(loop)
+
+
+def test_handles_dropped_after_run_release_what_they_held(loop, run_briefly):
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, payload)
+    loop.call_soon(callback, payload, context=ctx)
+    del payload, ctx
+    run_briefly(loop)
+    assert ref() is None
+
+
+def test_handles_reuse_does_not_keep_the_loop_alive(loop, run_briefly):
+    import gc
+
+    lp = type(loop)()
+    for _ in range(5):
+        lp.call_soon(callback)
+    run_briefly(lp)
+    lp.close()
+    ref = weakref.ref(lp)
+    del lp
+    gc.collect()
+    assert ref() is None

@@ -271,11 +271,13 @@ impl LoopCore {
     /// DIVERGENCE: a non-callable is refused with asyncio's debug-mode `TypeError`
     /// even when debug mode is off (asyncio then accepts it and fails later, inside
     /// the loop). Coroutine *functions* are only refused in debug mode, as asyncio does.
+    // Inlined: call_soon's chain of small calls cost more in prologues than work.
+    #[inline(always)]
     fn new_handle(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
         method: &'static str,
         thread_check: bool,
     ) -> PyResult<Handle> {
@@ -294,16 +296,17 @@ impl LoopCore {
     }
 
     /// A handle with no checks (asyncio's `events.Handle(callback, args, loop, context)`).
+    #[inline(always)]
     fn handle_for(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
         let py = slf.py();
         let context = match context {
-            Some(ctx) if !ctx.is_none() => ctx,
-            _ => crate::ffi::copy_context(py)?,
+            Some(ctx) if !ctx.is_none() => ctx.clone().unbind(),
+            _ => crate::ffi::copy_context(py)?.unbind(),
         };
         let source_traceback = if slf.get().debug() {
             Some(capture_source_traceback(py)?)
@@ -313,7 +316,7 @@ impl LoopCore {
         Ok(Handle::new(
             callback.clone().unbind(),
             args.unbind(),
-            context.unbind(),
+            context,
             slf.clone().unbind(),
             source_traceback,
         ))
@@ -340,6 +343,7 @@ impl LoopCore {
         Ok(())
     }
 
+    #[inline(always)]
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
         self.state
             .borrow_mut(py)
@@ -362,22 +366,28 @@ impl LoopCore {
         Ok(())
     }
 
-    /// `call_soon` and `call_soon_threadsafe`: a checked handle, queued.
-    fn queue_new_handle<'py>(
+    /// `call_soon` and `call_soon_threadsafe`: a checked handle, queued (and the
+    /// loop woken for `call_soon_threadsafe`, which skips the debug thread check).
+    #[inline(always)]
+    pub(crate) fn queue_new_handle<'py>(
         slf: &Bound<'py, Self>,
         callback: &Bound<'py, PyAny>,
         args: Bound<'py, PyTuple>,
-        context: Option<Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
         method: &'static str,
-        thread_check: bool,
+        threadsafe: bool,
     ) -> PyResult<Bound<'py, Handle>> {
         let py = slf.py();
-        let handle = Bound::new(
+        let handle = Handle::into_object(
             py,
-            Self::new_handle(slf, callback, args, context, method, thread_check)?,
+            Self::new_handle(slf, callback, args, context, method, !threadsafe)?,
         )?;
         Handle::enter_queue(&handle);
-        slf.get().push_ready(py, handle.clone().unbind());
+        let this = slf.get();
+        this.push_ready(py, handle.clone().unbind());
+        if threadsafe {
+            this.waker.wake_if_sleeping();
+        }
         Ok(handle)
     }
 
@@ -390,7 +400,7 @@ impl LoopCore {
         method: &'static str,
     ) -> PyResult<Bound<'py, TimerHandle>> {
         let py = slf.py();
-        let handle = Self::new_handle(slf, callback, args, context, method, true)?;
+        let handle = Self::new_handle(slf, callback, args, context.as_ref(), method, true)?;
         // After asyncio's checks (closed loop, callback), as its heappush would fail.
         let (when, when_obj) = match when {
             When::Float(when) => (when, None),
@@ -585,7 +595,7 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        Self::queue_new_handle(slf, callback, args, context, "call_soon", true)
+        Self::queue_new_handle(slf, callback, args, context.as_ref(), "call_soon", false)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -595,10 +605,14 @@ impl LoopCore {
         args: Bound<'py, PyTuple>,
         context: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Handle>> {
-        let handle =
-            Self::queue_new_handle(slf, callback, args, context, "call_soon_threadsafe", false)?;
-        slf.get().waker.wake_if_sleeping();
-        Ok(handle)
+        Self::queue_new_handle(
+            slf,
+            callback,
+            args,
+            context.as_ref(),
+            "call_soon_threadsafe",
+            true,
+        )
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

@@ -186,7 +186,7 @@ impl LoopCore {
             } else {
                 Self::run_handle(slf, &handle)
             };
-            Handle::leave_queue(&handle);
+            Handle::release_ran(handle);
             result?;
         }
         Ok(())
@@ -264,15 +264,27 @@ impl LoopCore {
 
     /// asyncio's `Handle._run()`: run, and report anything but `SystemExit` and
     /// `KeyboardInterrupt` (which stop the loop) to the exception handler.
+    #[inline(always)]
     pub fn run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
-        let py = slf.py();
-        let Err(err) = handle.get().run_callback(py) else {
-            return Ok(());
-        };
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
-            return Err(err);
+        #[cold]
+        #[inline(never)]
+        fn report(
+            slf: &Bound<'_, LoopCore>,
+            handle: &Bound<'_, Handle>,
+            err: PyErr,
+        ) -> PyResult<()> {
+            let py = slf.py();
+            if err.is_instance_of::<PySystemExit>(py)
+                || err.is_instance_of::<PyKeyboardInterrupt>(py)
+            {
+                return Err(err);
+            }
+            LoopCore::call_handler_for(slf, handle, err)
         }
-        Self::call_handler_for(slf, handle, err)
+        match handle.get().run_callback(slf.py()) {
+            Ok(()) => Ok(()),
+            Err(err) => report(slf, handle, err),
+        }
     }
 
     /// `Handle._run()`'s report: "Exception in callback ..." to the handler.
@@ -285,7 +297,7 @@ impl LoopCore {
         let h = handle.get();
         let (callback, args) = h.callback(py).map_or_else(
             || (py.None(), py.None()),
-            |cb| (cb.callback, cb.args.into_any()),
+            |cb| (cb.callback.unbind(), cb.args.into_any().unbind()),
         );
         let source = py::callback_source(py, callback, args, slf.get().debug())?;
         let context = PyDict::new(py);
