@@ -132,39 +132,14 @@ class Counter:
 BATCH = 1000  # callbacks / timers per loop iteration in the batched benchmarks
 
 
-def b_call_soon(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
-    """n // BATCH iterations, each running BATCH callbacks scheduled by the previous one."""
+def _batched(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None], method: str) -> float:
+    """n // BATCH iterations, each running BATCH callbacks scheduled with ``loop.<method>``
+    by the previous one."""
     times = [0.0, 0.0]
     left = [n // BATCH]
 
     def step() -> None:
-        call_soon = loop.call_soon
-        for _ in range(BATCH):
-            call_soon(cb)
-        left[0] -= 1
-        call_soon(step if left[0] else finish)
-
-    def start() -> None:
-        times[0] = clock()
-        step()
-
-    def finish() -> None:
-        times[1] = clock()
-        loop.stop()
-
-    loop.call_soon(start)
-    loop.run_forever()
-    return times[1] - times[0]
-
-
-def b_threadsafe_local(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
-    """As b_call_soon, with call_soon_threadsafe called on the loop's own thread: the
-    API's cost (handle, queue, wake-up check) without a second thread's scheduling."""
-    times = [0.0, 0.0]
-    left = [n // BATCH]
-
-    def step() -> None:
-        post = loop.call_soon_threadsafe
+        post = getattr(loop, method)
         for _ in range(BATCH):
             post(cb)
         left[0] -= 1
@@ -181,6 +156,16 @@ def b_threadsafe_local(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[],
     loop.call_soon(start)
     loop.run_forever()
     return times[1] - times[0]
+
+
+def b_call_soon(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
+    return _batched(loop, n, cb, 'call_soon')
+
+
+def b_threadsafe_local(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:
+    """call_soon_threadsafe called on the loop's own thread: the API's cost (handle,
+    queue, wake-up check) without a second thread's scheduling."""
+    return _batched(loop, n, cb, 'call_soon_threadsafe')
 
 
 def b_call_soon_chain(loop: asyncio.AbstractEventLoop, n: int, cb: Callable[[], None]) -> float:

@@ -39,6 +39,13 @@ impl AllocError {
     }
 }
 
+/// `SystemExit` or `KeyboardInterrupt`: the exceptions a callback's error report
+/// lets through (asyncio's `except (SystemExit, KeyboardInterrupt): raise`).
+pub fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+        || err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+}
+
 /// `OSError(errno, strerror)` for an OS error; `MemoryError`/`OverflowError` for an
 /// [`AllocError`]; a plain `OSError(message)` otherwise.
 pub fn os_error(err: &io::Error) -> PyErr {

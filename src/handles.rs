@@ -195,28 +195,35 @@ impl Handle {
         }
         // SAFETY: nothing but `slf` holds the handle (refcount 1, no weak
         // reference, untracked so the collector cannot hand it out).
-        let (context, event_loop) = unsafe {
-            (
-                this.context.replace(py.None()),
-                this.event_loop.replace(None),
-            )
-        };
-        let callback = this.callback.replace(py, None);
-        let args = this.args.replace(py, None);
-        let repr = this.cached_repr.replace(py, None);
+        let held = unsafe { this.take_refs(py) };
         this.cancelled.store(false, Ordering::Relaxed);
         this.scheduled.store(false, Ordering::Relaxed);
         // Nothing ran since `is_full` said no (no Python code, no drop).
         FREE_HANDLES.push(py, slf.unbind());
-        // Released last (as `Bound`s: no thread-local GIL check): this may run
-        // Python code (`__del__`), which may take the handle back out of the list.
-        drop((
-            callback.map(|o| o.into_bound(py)),
-            args.map(|o| o.into_bound(py)),
-            context.into_bound(py),
-            event_loop.map(|o| o.into_bound(py)),
-            repr.map(|o| o.into_bound(py)),
-        ));
+        // Released last: this may run Python code (`__del__`), which may take the
+        // handle back out of the list.
+        held.release(py);
+    }
+
+    /// Takes every reference the handle holds but its traceback out of it.
+    ///
+    /// # Safety
+    /// GIL held, and nothing but the caller holds the handle (see `Reusable`).
+    unsafe fn take_refs(&self, py: Python<'_>) -> HeldRefs {
+        // SAFETY: the caller's contract.
+        let (context, event_loop) = unsafe {
+            (
+                self.context.replace(py.None()),
+                self.event_loop.replace(None),
+            )
+        };
+        HeldRefs {
+            callback: self.callback.replace(py, None),
+            args: self.args.replace(py, None),
+            context,
+            event_loop,
+            repr: self.cached_repr.replace(py, None),
+        }
     }
 
     /// Declares that `callback` is a bound method of a native transport whose Rust
@@ -421,35 +428,37 @@ impl Drop for Handle {
         // wrapped in one (PyO3 never drops a pyclass value without the GIL; a `Py`
         // released elsewhere is deferred until the GIL is held).
         let py = unsafe { Python::assume_attached() };
-        // SAFETY: `drop` runs once; the fields are not used after this.
-        // SAFETY: `&mut self`: no other reference to the handle exists.
-        let (context, event_loop) = unsafe {
-            (
-                self.context.replace(py.None()),
-                self.event_loop.replace(None),
-            )
-        };
-        let callback = self.callback.replace(py, None);
-        let args = self.args.replace(py, None);
-        let repr = self.cached_repr.replace(py, None);
+        // SAFETY: `&mut self`: no other reference to the handle exists, and the
+        // fields are not used after this.
+        let held = unsafe { self.take_refs(py) };
         let tb = self.source_traceback.take();
-        // In declaration order, as the fields' own drops would.
-        if let Some(callback) = callback {
-            callback.drop_ref(py);
-        }
-        if let Some(args) = args {
-            args.drop_ref(py);
-        }
-        context.drop_ref(py);
-        if let Some(event_loop) = event_loop {
-            event_loop.drop_ref(py);
-        }
+        held.release(py);
         if let Some(tb) = tb {
             tb.drop_ref(py);
         }
-        if let Some(repr) = repr {
-            repr.drop_ref(py);
-        }
+    }
+}
+
+/// What a handle held, taken out of it to be released outside any borrow.
+struct HeldRefs {
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    context: Py<PyAny>,
+    event_loop: Option<Py<LoopCore>>,
+    repr: Option<Py<PyAny>>,
+}
+
+impl HeldRefs {
+    /// Releases them as `Bound`s (a `Py` drop asks PyO3's thread-local GIL count
+    /// first), in the order of the handle's fields; may run Python code.
+    fn release(self, py: Python<'_>) {
+        drop((
+            self.callback.map(|o| o.into_bound(py)),
+            self.args.map(|o| o.into_bound(py)),
+            self.context.into_bound(py),
+            self.event_loop.map(|o| o.into_bound(py)),
+            self.repr.map(|o| o.into_bound(py)),
+        ));
     }
 }
 

@@ -17,12 +17,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use oxloop_core::clock;
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::{Direction, LoopCore, Ready, TransportEvent, Watcher, WAKER_TOKEN};
-use crate::errors::os_error;
+use crate::errors::{is_exit, os_error};
 use crate::handles::Handle;
 use crate::py;
 use crate::transports::base::Transport;
@@ -46,7 +45,9 @@ impl LoopCore {
         // Dropping a handle can run Python code (`__del__` of what its context
         // holds) that releases the GIL and lets a thread call call_soon_threadsafe:
         // before the timeout is computed, so that such a callback is seen.
-        super::release_queued(py, [], purged);
+        if !purged.is_empty() {
+            super::release_queued(py, [], purged);
+        }
         let custom_time = Self::custom_time(slf)?;
 
         // The sleeping flag is set before anything below can run Python (a replaced
@@ -255,8 +256,7 @@ impl LoopCore {
         err: PyErr,
         handle: impl FnOnce() -> PyResult<Bound<'py, Handle>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        if is_exit(slf.py(), &err) {
             return Err(err);
         }
         Self::call_handler_for(slf, &handle()?, err)
@@ -273,10 +273,7 @@ impl LoopCore {
             handle: &Bound<'_, Handle>,
             err: PyErr,
         ) -> PyResult<()> {
-            let py = slf.py();
-            if err.is_instance_of::<PySystemExit>(py)
-                || err.is_instance_of::<PyKeyboardInterrupt>(py)
-            {
+            if is_exit(slf.py(), &err) {
                 return Err(err);
             }
             LoopCore::call_handler_for(slf, handle, err)

@@ -21,9 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use oxloop_core::sys;
-use pyo3::exceptions::{
-    PyAttributeError, PyKeyboardInterrupt, PyOSError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyAttributeError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -168,9 +166,7 @@ pub struct Transport {
     pub(super) state: GilRefCell<TransportState>,
 }
 
-pub(super) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
+pub(super) use crate::errors::is_exit;
 
 pub(super) fn is_retry(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR))

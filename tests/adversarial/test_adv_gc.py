@@ -98,16 +98,22 @@ _BODY = textwrap.dedent(
 )
 
 
-def test_gc_at_every_allocation_while_transports_are_made(loop_impl):
+def _run_child(loop_impl: str, body: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``body`` in a child interpreter with ``loop`` made; it must exit 0 printing 'ok'."""
     proc = subprocess.run(
-        [sys.executable, '-c', LOOP_SOURCE[loop_impl] + _BODY],
+        [sys.executable, '-c', LOOP_SOURCE[loop_impl] + body],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == 'ok'
+    return proc
+
+
+def test_gc_at_every_allocation_while_transports_are_made(loop_impl):
+    _run_child(loop_impl, _BODY, timeout=120)
 
 
 _UNCLOSED_AT_EXIT = textwrap.dedent(
@@ -132,15 +138,7 @@ def test_unclosed_transports_freed_at_interpreter_exit_print_no_errors(loop_impl
     """Transports left open in module globals are freed while the interpreter shuts
     down (oxloop's are in no reference cycle): their ResourceWarning must not turn into
     an ImportError from a destructor that imports too late."""
-    proc = subprocess.run(
-        [sys.executable, '-c', LOOP_SOURCE[loop_impl] + _UNCLOSED_AT_EXIT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == 'ok'
+    proc = _run_child(loop_impl, _UNCLOSED_AT_EXIT, timeout=60)
     assert 'Error' not in proc.stderr, proc.stderr[-2000:]
 
 
