@@ -227,3 +227,30 @@ def test_divergence_tls_buffered_bytearray_gets_every_byte(loop, loop_impl):
     else:
         assert got[:1000] == b'a' * 1000
         assert got[1000:] == bytes(1000)  # the second record went into a copy
+
+
+def test_divergence_transport_watch_handle_is_a_snapshot(loop, loop_impl):
+    # A native transport's reader is not a Handle: the selector view makes one on
+    # demand, describing the watch; cancelling it leaves the watch in place (asyncio's
+    # cancelled reader handle is skipped and unregistered when its fd is next ready).
+    got = []
+
+    class Reading(asyncio.Protocol):
+        def data_received(self, data):
+            got.append(data)
+
+    async def main():
+        mine, peer = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(Reading, mine)
+        await asyncio.sleep(0)
+        reader = loop._selector.get_key(mine.fileno()).data[0]
+        assert isinstance(reader, asyncio.Handle)
+        assert reader._callback.__name__ in ('_read_ready', '_read_ready__data_received')
+        reader.cancel()
+        peer.send(b'x')
+        await asyncio.sleep(0.05)
+        transport.close()
+        peer.close()
+
+    loop.run_until_complete(main())
+    assert got == ([b'x'] if loop_impl == 'oxloop' else [])
