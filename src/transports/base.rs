@@ -35,6 +35,13 @@ use crate::handles::{Handle, NativeFn};
 
 /// A reader's or writer's method name and Rust body.
 pub(super) type ReadyFn = (&'static str, NativeFn);
+
+/// A transport kind's reader and writer (a static per kind: one pointer per
+/// transport).
+pub(super) struct ReadyFns {
+    pub read: ReadyFn,
+    pub write: Option<ReadyFn>,
+}
 use crate::py;
 use crate::sockaddr::{CompactAddr, SockAddr};
 
@@ -118,7 +125,7 @@ pub(super) struct TransportState {
     /// The numbers given to `set_write_buffer_limits` (asyncio keeps whatever
     /// numbers it was given and returns them from `get_write_buffer_limits`);
     /// `None` for the defaults.
-    pub marks: Option<WaterMarks>,
+    pub marks: Option<Box<WaterMarks>>,
     /// Unsent data; a stream's first chunk is partly sent up to `head_sent`.
     pub buffer: VecDeque<Chunk>,
     pub head_sent: usize,
@@ -154,8 +161,7 @@ pub struct Transport {
     /// The reader's and writer's method names and Rust bodies (`_read_ready`,
     /// ...): the loop runs the body when the fd is ready (`Ready::Transport`),
     /// and the bound method is made only where asyncio's handle must be shown.
-    read_ready: OnceLock<ReadyFn>,
-    write_ready: OnceLock<ReadyFn>,
+    ready_fns: OnceLock<&'static ReadyFns>,
     /// Per direction (`Direction::index`): the context the watch runs its body
     /// in, a copy made when the watch is made, as asyncio's `Handle` makes one.
     watch_context: [GilCell<Option<Py<PyAny>>>; 2],
@@ -338,8 +344,7 @@ impl Transport {
             extra: GilCell::new(Some(extra.unbind())),
             pending_extra: GilCell::new(None),
             kind,
-            read_ready: OnceLock::new(),
-            write_ready: OnceLock::new(),
+            ready_fns: OnceLock::new(),
             watch_context: [GilCell::new(None), GilCell::new(None)],
             watch_generation: [AtomicU32::new(0), AtomicU32::new(0)],
             state: GilRefCell::new(TransportState {
@@ -374,8 +379,7 @@ impl Transport {
         event_loop: &Bound<'py, LoopCore>,
         protocol: &Bound<'py, PyAny>,
         waiter: Option<&Bound<'py, PyAny>>,
-        read_ready: ReadyFn,
-        write_ready: Option<ReadyFn>,
+        ready_fns: &'static ReadyFns,
         read: bool,
     ) -> PyResult<Bound<'py, T>>
     where
@@ -386,7 +390,7 @@ impl Transport {
             PyClassInitializer::from(base).add_subclass(kind),
         )?;
         let base = transport.as_super();
-        Self::attach(base, event_loop, protocol, read_ready, write_ready)?;
+        Self::attach(base, event_loop, protocol, ready_fns)?;
         Self::schedule_connection_made(base, protocol, waiter, read)?;
         Ok(transport)
     }
@@ -399,16 +403,12 @@ impl Transport {
         slf: &Bound<'_, Self>,
         event_loop: &Bound<'_, LoopCore>,
         protocol: &Bound<'_, PyAny>,
-        read_ready: ReadyFn,
-        write_ready: Option<ReadyFn>,
+        ready_fns: &'static ReadyFns,
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         // Set once, when the object is made.
-        let _ = this.read_ready.set(read_ready);
-        if let Some(write_ready) = write_ready {
-            let _ = this.write_ready.set(write_ready);
-        }
+        let _ = this.ready_fns.set(ready_fns);
         drop(
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
@@ -588,8 +588,8 @@ impl Transport {
 
     fn ready_fn(&self, direction: Direction) -> Option<&ReadyFn> {
         match direction {
-            Direction::Read => self.read_ready.get(),
-            Direction::Write => self.write_ready.get(),
+            Direction::Read => self.ready_fns.get().map(|f| &f.read),
+            Direction::Write => self.ready_fns.get().and_then(|f| f.write.as_ref()),
         }
     }
 
@@ -1298,7 +1298,7 @@ impl Transport {
             let mut st = slf.get().state.borrow_mut(py);
             st.high_water = high_water.unwrap_or(usize::MAX);
             st.low_water = low_water.unwrap_or(0);
-            st.marks.replace(marks)
+            st.marks.replace(Box::new(marks))
         };
         drop(old);
         Self::maybe_pause_protocol(slf)

@@ -18,7 +18,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::base::{is_exit, is_retry, Chunk, Kind, Transport};
+use super::base::{is_exit, is_retry, Chunk, Kind, ReadyFns, Transport};
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
@@ -321,8 +321,7 @@ impl DatagramTransport {
             event_loop,
             protocol,
             waiter,
-            ("_read_ready", native!(DatagramTransport, _read_ready)),
-            Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
+            &DATAGRAM_READY,
             true,
         )
         .map(Bound::into_any)
@@ -517,3 +516,9 @@ impl DatagramTransport {
         py::selector_datagram_transport(py)
     }
 }
+
+/// The reader and writer the loop runs for this kind (see `Transport::run_ready`).
+static DATAGRAM_READY: ReadyFns = ReadyFns {
+    read: ("_read_ready", native!(DatagramTransport, _read_ready)),
+    write: Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
+};

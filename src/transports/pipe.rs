@@ -28,7 +28,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::base::{is_retry, Kind, Transport};
+use super::base::{is_retry, Kind, ReadyFns, Transport};
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
@@ -111,8 +111,7 @@ impl ReadPipeTransport {
             event_loop,
             protocol,
             waiter,
-            ("_read_ready", native!(ReadPipeTransport, _read_ready)),
-            None,
+            &READ_PIPE_READY,
             true,
         )
     }
@@ -245,8 +244,7 @@ impl WritePipeTransport {
             event_loop,
             protocol,
             waiter,
-            ("_read_ready", native!(WritePipeTransport, _read_ready)),
-            Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
+            &WRITE_PIPE_READY,
             watch_reader,
         )
     }
@@ -380,3 +378,15 @@ impl WritePipeTransport {
         py::unix_write_pipe_transport(py)
     }
 }
+
+/// The reader and writer the loop runs for this kind (see `Transport::run_ready`).
+static READ_PIPE_READY: ReadyFns = ReadyFns {
+    read: ("_read_ready", native!(ReadPipeTransport, _read_ready)),
+    write: None,
+};
+
+/// The reader and writer the loop runs for this kind (see `Transport::run_ready`).
+static WRITE_PIPE_READY: ReadyFns = ReadyFns {
+    read: ("_read_ready", native!(WritePipeTransport, _read_ready)),
+    write: Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
+};

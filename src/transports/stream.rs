@@ -19,7 +19,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
-use super::base::{is_exit, is_retry, Kind, Transport};
+use super::base::{is_exit, is_retry, Kind, ReadyFns, Transport};
 use super::ssl::SslProtocol;
 use super::MAX_SIZE;
 use crate::errors::os_error;
@@ -244,8 +244,7 @@ impl StreamTransport {
             event_loop,
             protocol,
             waiter,
-            ("_read_ready", native!(StreamTransport, _read_ready)),
-            Some(("_write_ready", native!(StreamTransport, _write_ready))),
+            &STREAM_READY,
             true,
         )
         .map(Bound::into_any)
@@ -534,3 +533,9 @@ impl StreamTransport {
         py::selector_socket_transport(py)
     }
 }
+
+/// The reader and writer the loop runs for this kind (see `Transport::run_ready`).
+static STREAM_READY: ReadyFns = ReadyFns {
+    read: ("_read_ready", native!(StreamTransport, _read_ready)),
+    write: Some(("_write_ready", native!(StreamTransport, _write_ready))),
+};
