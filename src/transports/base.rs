@@ -1,11 +1,13 @@
 //! What every selector transport shares: `_SelectorTransport` and
 //! `_FlowControlMixin` of CPython 3.11 (`selector_events.py`, `transports.py`).
 //!
-//! [`Transport`] is a subclassable pyclass holding all the state; the stream and
-//! datagram transports are subclasses that add their hot paths (`write`/`sendto`,
-//! `_read_ready`, the writer callback). Close, abort, fatal errors,
-//! `connection_lost`, reading pause/resume, flow control, `get_extra_info` and the
-//! unclosed-transport warning are written once, here, as asyncio writes them once.
+//! [`Transport`] is a subclassable pyclass holding all the state; the stream,
+//! datagram and pipe transports are subclasses that add their hot paths
+//! (`write`/`sendto`, `_read_ready`, the writer callback). Close, abort, fatal
+//! errors, `connection_lost`, reading pause/resume and the unclosed-transport
+//! warning are written once, here, as asyncio writes them once; the fd watches
+//! are in `watch.rs`, the write buffer and flow control in `flow.rs`, a socket's
+//! `extra` in `extra.rs`.
 //!
 //! States: `closing` is set by `close()`/`abort()`/a fatal error and stops reading;
 //! `conn_lost` counts the scheduling of `connection_lost` (and later writes, for
@@ -15,15 +17,13 @@
 //! Invariant: `state` is never borrowed across a call into Python.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::OnceLock;
 
-use oxloop_core::sys;
-use pyo3::exceptions::{PyAttributeError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemoryView, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -31,22 +31,12 @@ use crate::event_loop::transport_map::TransportMap;
 use crate::event_loop::TransportEvent;
 use crate::event_loop::{Direction, LoopCore};
 use crate::gil::{GilCell, GilRefCell};
-use crate::handles::{Handle, NativeFn};
 
-/// A reader's or writer's method name and Rust body.
-pub(super) type ReadyFn = (&'static str, NativeFn);
-
-/// A transport kind's reader and writer (a static per kind: one pointer per
-/// transport).
-pub(super) struct ReadyFns {
-    pub read: ReadyFn,
-    pub write: Option<ReadyFn>,
-}
 use crate::py;
-use crate::sockaddr::{CompactAddr, SockAddr};
 
-/// Chunks handed to one `writev`.
-const WRITEV_MAX: usize = 64;
+use super::extra::PendingExtra;
+use super::flow::{threshold, Chunk, WaterMarks};
+use super::watch::ReadyFns;
 
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -75,35 +65,6 @@ impl Kind {
     pub(super) fn is_pipe(self) -> bool {
         matches!(self, Self::ReadPipe | Self::WritePipe)
     }
-}
-
-/// One unsent write: the data (immutable) and, for datagrams, its address.
-pub(super) struct Chunk {
-    pub data: Py<PyBytes>,
-    pub addr: Option<Py<PyAny>>,
-}
-
-/// `set_write_buffer_limits`' numbers as given, `(high, low)`; `exotic` when one
-/// is neither an int nor a float, so that comparisons go through Python, as
-/// asyncio's do.
-pub(super) struct WaterMarks {
-    pub high: Py<PyAny>,
-    pub low: Py<PyAny>,
-    pub exotic: bool,
-}
-
-/// The integer threshold equivalent to a non-negative int or float water mark
-/// (`None`: another kind of number).
-fn threshold(mark: &Bound<'_, PyAny>) -> Option<usize> {
-    if mark.is_exact_instance_of::<PyInt>() || mark.is_exact_instance_of::<PyBool>() {
-        // Validated >= 0: failing to fit means larger than any size.
-        return Some(mark.extract::<usize>().unwrap_or(usize::MAX));
-    }
-    if mark.is_exact_instance_of::<PyFloat>() {
-        // Validated >= 0 and not NaN; `as` saturates (inf: no size exceeds it).
-        return mark.extract::<f64>().ok().map(|f| f.floor() as usize);
-    }
-    None
 }
 
 pub(super) struct TransportState {
@@ -152,23 +113,23 @@ pub struct Transport {
     /// False only in a new object whose fields are not written yet, which the
     /// garbage collector may traverse (3.11 allocates the `__dict__` in between):
     /// zeroed memory reads as false here, and `__traverse__` stops at it.
-    made: bool,
+    pub(super) made: bool,
     /// The `extra` dict; made on first use when everything in it is pending.
-    extra: GilCell<Option<Py<PyDict>>>,
+    pub(super) extra: GilCell<Option<Py<PyDict>>>,
     /// The entries asyncio's `__init__` puts in `extra` that are made on first use.
-    pending_extra: GilCell<Option<Box<PendingExtra>>>,
-    kind: Kind,
+    pub(super) pending_extra: GilCell<Option<Box<PendingExtra>>>,
+    pub(super) kind: Kind,
     /// The reader's and writer's method names and Rust bodies (`_read_ready`,
     /// ...): the loop runs the body when the fd is ready (`Ready::Transport`),
     /// and the bound method is made only where asyncio's handle must be shown.
-    ready_fns: OnceLock<&'static ReadyFns>,
+    pub(super) ready_fns: OnceLock<&'static ReadyFns>,
     /// Per direction (`Direction::index`): the context the watch runs its body
     /// in, a copy made when the watch is made, as asyncio's `Handle` makes one.
-    watch_context: [GilCell<Option<Py<PyAny>>>; 2],
+    pub(super) watch_context: [GilCell<Option<Py<PyAny>>>; 2],
     /// Per direction: changed whenever the watch is made, replaced or removed, so
     /// that an event queued for an earlier watch does not run (asyncio cancels
     /// that watch's handle).
-    watch_generation: [AtomicU32; 2],
+    pub(super) watch_generation: [AtomicU32; 2],
     pub(super) state: GilRefCell<TransportState>,
 }
 
@@ -178,143 +139,7 @@ pub(super) fn is_retry(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EAGAIN | libc::EINTR))
 }
 
-/// `sock.getsockname()`/`getpeername()`, or `None` when it raises `OSError`.
-fn sock_name<'py>(sock: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py, PyAny>> {
-    let py = sock.py();
-    sock.call_method0(method).or_else(|e| {
-        if e.is_instance_of::<PyOSError>(py) {
-            Ok(py.None().into_bound(py))
-        } else {
-            Err(e)
-        }
-    })
-}
-
-/// What asyncio's `__init__` puts in `extra` (`socket`, `sockname` and, unless
-/// given, `peername`), kept in Rust until `get_extra_info` or `_extra` asks: the
-/// `TransportSocket` is made then, and the addresses are the kernel's answers of
-/// when the transport was made (as asyncio reads them in `__init__`), so they read
-/// the same after the socket is closed. For an exact `socket.socket` of the
-/// families whose addresses oxloop converts as the `socket` module does.
-pub(super) struct PendingExtra {
-    sock: Py<PyAny>,
-    /// The peer's address as `accept()` gave it, which asyncio passes in as
-    /// `extra={'peername': addr}` (the dict's first key).
-    accepted_peer: Option<CompactAddr>,
-    /// `None`: `getsockname()` failed (asyncio stores `None`).
-    sockname: Option<CompactAddr>,
-    /// `Some` when asyncio calls `getpeername()` (no `peername` was given).
-    peername: Option<Option<CompactAddr>>,
-}
-
-impl PendingExtra {
-    /// For an exact socket whose fd is `fd`: its addresses now, or `None` when
-    /// the family is one whose Python form is left to the `socket` module.
-    fn read(
-        sock: &Bound<'_, PyAny>,
-        fd: RawFd,
-        peer_given: bool,
-        accepted_peer: Option<CompactAddr>,
-    ) -> Option<Self> {
-        // SAFETY: `fd` was read from `sock` (an exact socket.socket) just before,
-        // with no Python code run since: it is the socket's own.
-        let fd = unsafe { sys::borrow(fd) }.ok()?;
-        let local = SockAddr::of_socket(fd, false);
-        let family = local.as_ref().map_or(libc::AF_UNSPEC, SockAddr::family);
-        if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
-            return None;
-        }
-        let peername = (!peer_given && accepted_peer.is_none()).then(|| {
-            SockAddr::of_socket(fd, true)
-                .ok()
-                .map(|addr| addr.compact())
-        });
-        Some(Self {
-            sock: sock.clone().unbind(),
-            accepted_peer,
-            sockname: local.ok().map(|addr| addr.compact()),
-            peername,
-        })
-    }
-
-    /// Puts the entries in `extra`, in asyncio's order.
-    fn fill(self, extra: &Bound<'_, PyDict>) -> PyResult<()> {
-        let py = extra.py();
-        let address = |addr: Option<CompactAddr>| -> PyResult<Bound<'_, PyAny>> {
-            match addr {
-                Some(addr) => addr.expand().python_object(py),
-                None => Ok(py.None().into_bound(py)),
-            }
-        };
-        if let Some(peer) = self.accepted_peer {
-            extra.set_item("peername", address(Some(peer))?)?;
-        }
-        extra.set_item("socket", py::transport_socket(py)?.call1((self.sock,))?)?;
-        extra.set_item("sockname", address(self.sockname)?)?;
-        if let Some(peername) = self.peername {
-            extra.set_item("peername", address(peername)?)?;
-        }
-        Ok(())
-    }
-}
-
 impl Transport {
-    /// CPython: the first half of `_SelectorTransport.__init__` (the `extra` dict
-    /// and the socket); [`Transport::attach`] does the rest once the object exists.
-    ///
-    /// `accepted_raw`: the raw address `accept()` gave for a connection a server
-    /// accepted (asyncio passes it as `extra={'peername': ...}`).
-    pub(super) fn new(
-        kind: Kind,
-        sock: &Bound<'_, PyAny>,
-        extra: Option<Bound<'_, PyDict>>,
-        server: Option<&Bound<'_, PyAny>>,
-        address: Option<&Bound<'_, PyAny>>,
-        accepted_raw: Option<&[u8]>,
-    ) -> PyResult<Self> {
-        let py = sock.py();
-        let exact = py::is_exact_socket(sock)?;
-        let fd: RawFd = if exact {
-            py::socket_fd_now(sock)
-        } else {
-            sock.call_method0(pyo3::intern!(py, "fileno"))?.extract()?
-        };
-        let peer_given = match &extra {
-            Some(extra) => extra.contains(pyo3::intern!(py, "peername"))?,
-            None => false,
-        };
-        let pending = if exact {
-            PendingExtra::read(
-                sock,
-                fd,
-                peer_given,
-                accepted_raw.map(CompactAddr::from_bytes),
-            )
-        } else {
-            None
-        };
-        let lazy = pending.is_some() && extra.is_none();
-        let extra = extra.unwrap_or_else(|| PyDict::new(py));
-        if pending.is_none() {
-            if let Some(raw) = accepted_raw {
-                let peer = CompactAddr::from_bytes(raw).expand().python_object(py)?;
-                extra.set_item("peername", peer)?;
-            }
-            extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
-            extra.set_item("sockname", sock_name(sock, "getsockname")?)?;
-            if !peer_given && accepted_raw.is_none() {
-                extra.set_item("peername", sock_name(sock, "getpeername")?)?;
-            }
-        }
-        let mut this = Self::from_parts(kind, fd, sock, extra, server, address);
-        if lazy {
-            // Nothing in the dict yet: it is made with its entries on first use.
-            drop(this.extra.replace(py, None));
-        }
-        this.pending_extra = GilCell::new(pending.map(Box::new));
-        Ok(this)
-    }
-
     /// The pipe transports' `__init__` up to the checks their kinds make: the
     /// `extra` dict gets `pipe`, and the pipe object takes the socket's place.
     pub(super) fn new_pipe(
@@ -328,7 +153,7 @@ impl Transport {
         Ok(Self::from_parts(kind, fd, pipe, extra, None, None))
     }
 
-    fn from_parts(
+    pub(super) fn from_parts(
         kind: Kind,
         fd: RawFd,
         sock: &Bound<'_, PyAny>,
@@ -505,23 +330,6 @@ impl Transport {
         os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
     }
 
-    /// The `extra` dict (always there once the object is made), with the entries
-    /// made on first use filled in.
-    fn extra<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let extra = match self.extra.clone_ref(py) {
-            Some(extra) => extra.into_bound(py),
-            None => {
-                let extra = PyDict::new(py);
-                drop(self.extra.replace(py, Some(extra.clone().unbind())));
-                extra
-            }
-        };
-        if let Some(pending) = self.pending_extra.replace(py, None) {
-            pending.fill(&extra)?;
-        }
-        Ok(extra)
-    }
-
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
         self.event_loop.clone_ref(py).map(|l| l.into_bound(py))
     }
@@ -530,173 +338,12 @@ impl Transport {
         self.event_loop(py).is_some_and(|l| l.get().debug())
     }
 
-    pub(super) fn extra_item<'py>(
-        &self,
-        py: Python<'py>,
-        name: &str,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.extra(py)?.get_item(name)
-    }
-
     pub(super) fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state
             .borrow_mut(py)
             .protocol
             .as_ref()
             .map(|p| p.clone_ref(py))
-    }
-
-    pub(super) fn unwatch(&self, py: Python<'_>, direction: Direction) -> PyResult<()> {
-        if let Some(lp) = self.event_loop(py) {
-            LoopCore::remove_fd_callback(&lp, self.fd, direction)?;
-        }
-        Ok(())
-    }
-
-    /// Watches the transport's fd in `direction` (asyncio's `_add_reader`/
-    /// `_add_writer` of its `_read_ready`/`_write_ready`), in a copy of the
-    /// current context.
-    pub(super) fn watch(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
-        let context = crate::ffi::copy_context(slf.py())?;
-        Self::watch_in(slf, direction, context)
-    }
-
-    fn watch_in(
-        slf: &Bound<'_, Self>,
-        direction: Direction,
-        context: Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(lp) = this.event_loop(py) else {
-            return Ok(());
-        };
-        if this.ready_fn(direction).is_none() {
-            return Ok(());
-        }
-        if this.owned_fd(py).is_none() {
-            // The socket was closed (or detached) behind the transport's back: its
-            // number may be another file's now, which must not be armed. asyncio
-            // asks epoll, which answers EBADF for a number nobody reused.
-            return Err(os_error(&std::io::Error::from_raw_os_error(libc::EBADF)));
-        }
-        this.end_watch(direction);
-        let old = this.watch_context[direction.index()].replace(py, Some(context.unbind()));
-        drop(old);
-        LoopCore::watch_transport(&lp, this.fd, slf, direction)
-    }
-
-    fn ready_fn(&self, direction: Direction) -> Option<&ReadyFn> {
-        match direction {
-            Direction::Read => self.ready_fns.get().map(|f| &f.read),
-            Direction::Write => self.ready_fns.get().and_then(|f| f.write.as_ref()),
-        }
-    }
-
-    /// Whether `callback` is this transport's own reader method (a bound method
-    /// made by `ready_handle` or `start_reading_handle`).
-    fn is_own_reader(&self, slf: &Bound<'_, Self>, callback: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let py = slf.py();
-        let Some((name, _)) = self.ready_fn(Direction::Read) else {
-            return Ok(false);
-        };
-        let Ok(owner) = callback.getattr(pyo3::intern!(py, "__self__")) else {
-            return Ok(false);
-        };
-        Ok(owner.is(slf) && callback.getattr(pyo3::intern!(py, "__name__"))?.eq(*name)?)
-    }
-
-    /// The generation of the watch in `direction` (see `watch_generation`).
-    pub(crate) fn watch_generation(&self, direction: Direction) -> u32 {
-        self.watch_generation[direction.index()].load(Ordering::Relaxed)
-    }
-
-    /// The watch in `direction` was removed or replaced: an event queued for it
-    /// will not run.
-    pub(crate) fn end_watch(&self, direction: Direction) {
-        self.watch_generation[direction.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The fd is ready in `direction`: the reader's or writer's body, in the
-    /// watch's context (the loop checked the generation).
-    pub(crate) fn run_ready(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some((_, native)) = this.ready_fn(direction) else {
-            return Ok(());
-        };
-        match this.watch_context[direction.index()].clone_ref(py) {
-            Some(context) => crate::ffi::run_native(py, context.bind(py), slf.as_any(), *native),
-            None => native(slf.as_any()),
-        }
-    }
-
-    /// The handle asyncio would have for the watch in `direction` (for `_ready`,
-    /// `_selector`, debug mode and error reports).
-    pub(crate) fn ready_handle<'py>(
-        slf: &Bound<'py, Self>,
-        lp: &Bound<'py, LoopCore>,
-        direction: Direction,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let (name, native) = this
-            .ready_fn(direction)
-            .ok_or_else(|| PyAttributeError::new_err("the transport has no such callback"))?;
-        let context = match this.watch_context[direction.index()].clone_ref(py) {
-            Some(context) => context.into_bound(py),
-            None => crate::ffi::copy_context(py)?,
-        };
-        let handle = Handle::new(
-            slf.getattr(*name)?.unbind(),
-            PyTuple::empty(py).unbind(),
-            context.unbind(),
-            lp.clone().unbind(),
-            None,
-        );
-        handle.set_native(*native);
-        Bound::new(py, handle)
-    }
-
-    /// The queued start of reading of a new transport (asyncio's
-    /// `_SelectorTransport._add_reader` called with its own reader).
-    pub(crate) fn start_reading(slf: &Bound<'_, Self>, context: &Bound<'_, PyAny>) -> PyResult<()> {
-        if !slf.get().is_reading(slf.py()) {
-            return Ok(());
-        }
-        Self::watch_in(slf, Direction::Read, context.clone())
-    }
-
-    /// The handle asyncio queues for [`Transport::start_reading`]:
-    /// `call_soon(self._add_reader, fd, self._read_ready)`.
-    pub(crate) fn start_reading_handle<'py>(
-        slf: &Bound<'py, Self>,
-        lp: &Bound<'py, LoopCore>,
-        context: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let (name, _) = this
-            .ready_fn(Direction::Read)
-            .ok_or_else(|| PyAttributeError::new_err("the transport has no reader"))?;
-        let context = match context {
-            Some(context) => context.clone(),
-            None => crate::ffi::copy_context(py)?,
-        };
-        let args = PyTuple::new(
-            py,
-            [this.fd.into_pyobject(py)?.into_any(), slf.getattr(*name)?],
-        )?;
-        Bound::new(
-            py,
-            Handle::new(
-                slf.getattr("_add_reader")?.unbind(),
-                args.unbind(),
-                context.unbind(),
-                lp.clone().unbind(),
-                None,
-            ),
-        )
     }
 
     pub(super) fn logger_debug<'py>(
@@ -827,162 +474,6 @@ impl Transport {
         Ok(())
     }
 
-    /// The handle asyncio queues for `_call_connection_lost(exc)`.
-    pub(crate) fn connection_lost_handle<'py>(
-        slf: &Bound<'py, Self>,
-        lp: &Bound<'py, LoopCore>,
-        exc: &Bound<'py, PyAny>,
-        context: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, Handle>> {
-        let py = slf.py();
-        Bound::new(
-            py,
-            Handle::new(
-                slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?
-                    .unbind(),
-                PyTuple::new(py, [exc])?.unbind(),
-                context.clone().unbind(),
-                lp.clone().unbind(),
-                None,
-            ),
-        )
-    }
-
-    /// Sends from the buffer with `writev`; returns the bytes sent.
-    pub(super) fn send_buffer(&self, py: Python<'_>) -> std::io::Result<usize> {
-        let Some(fd) = self.owned_fd(py) else {
-            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-        };
-        let st = self.state.borrow_mut(py);
-        // The slices borrow `bytes` objects the buffer keeps alive for the call (we
-        // hold the GIL and the borrow).
-        let iov: Vec<IoSlice<'_>> = st
-            .buffer
-            .iter()
-            .take(WRITEV_MAX)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let skip = if i == 0 { st.head_sent } else { 0 };
-                IoSlice::new(&chunk.data.bind(py).as_bytes()[skip..])
-            })
-            .collect();
-        // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code ran since.
-        unsafe { sys::borrow(fd) }.and_then(|fd| sys::writev(fd, &iov))
-    }
-
-    /// Drops `n` sent bytes from the front of the buffer, returning the finished
-    /// chunks (to be released outside the borrow).
-    pub(super) fn consume(&self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
-        let mut st = self.state.borrow_mut(py);
-        let mut done = Vec::new();
-        st.buffer_size -= n.min(st.buffer_size);
-        while n > 0 {
-            let Some(head) = st.buffer.front() else {
-                break;
-            };
-            let left = head.data.bind(py).as_bytes().len() - st.head_sent;
-            if n >= left {
-                n -= left;
-                st.head_sent = 0;
-                if let Some(chunk) = st.buffer.pop_front() {
-                    done.push(chunk);
-                }
-            } else {
-                st.head_sent += n;
-                n = 0;
-            }
-        }
-        done
-    }
-
-    /// `data` as an immutable `bytes`: a `bytearray` or `memoryview` is copied (it
-    /// could change after `write()` returns; asyncio's buffers copy it too). `None`
-    /// for anything else, which each kind refuses with asyncio's own error.
-    #[inline(always)]
-    pub(super) fn immutable_bytes<'py>(
-        data: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        if let Ok(bytes) = data.cast::<PyBytes>() {
-            return Ok(Some(bytes.clone()));
-        }
-        if Self::is_mutable_bytes_like(data) {
-            // asyncio's `if not data` comes first: a 0-dim memoryview has no length.
-            if data.is_instance_of::<PyMemoryView>() {
-                data.is_truthy()?;
-            }
-            let copy = data.py().get_type::<PyBytes>().call1((data,))?;
-            return Ok(Some(copy.cast_into::<PyBytes>()?));
-        }
-        Ok(None)
-    }
-
-    /// A `bytearray` or `memoryview`: what asyncio accepts as data besides `bytes`.
-    pub(super) fn is_mutable_bytes_like(data: &Bound<'_, PyAny>) -> bool {
-        data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
-    }
-
-    /// asyncio's `TypeError` for socket data that is not bytes-like.
-    pub(super) fn not_bytes_like(data: &Bound<'_, PyAny>) -> PyErr {
-        match data.get_type().name().and_then(|name| name.repr()) {
-            Ok(name) => PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {name}"
-            )),
-            Err(err) => err,
-        }
-    }
-
-    /// A stream's or write pipe's `write` once its checks passed: with data already
-    /// `buffered`, append behind it; otherwise send at once (`send` on a socket,
-    /// `write` on a pipe), and buffer only what the kernel did not take, watching
-    /// for writability. A failed send is fatal with `message`.
-    #[inline(always)]
-    pub(super) fn send_or_buffer(
-        slf: &Bound<'_, Self>,
-        bytes: &Bound<'_, PyBytes>,
-        buffered: bool,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let raw = bytes.as_bytes();
-        let mut sent = 0;
-        if !buffered {
-            let method = if this.kind.is_pipe() { "write" } else { "send" };
-            let Some(fd) = this.owned_fd(py) else {
-                return Self::fatal_error(slf, this.fd_gone_error(py, method), message);
-            };
-            // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code ran
-            // since.
-            let n = unsafe { sys::borrow(fd) }.and_then(|fd| {
-                if this.kind.is_pipe() {
-                    sys::write(fd, raw)
-                } else {
-                    sys::send(fd, raw, libc::MSG_NOSIGNAL)
-                }
-            });
-            match n {
-                Ok(n) if n == raw.len() => return Ok(()),
-                Ok(n) => sent = n,
-                Err(err) => {
-                    if !is_retry(&err) {
-                        return Self::fatal_error(slf, os_error(&err), message);
-                    }
-                }
-            }
-            Self::watch(slf, Direction::Write)?;
-            this.state.borrow_mut(py).head_sent = sent;
-        }
-        {
-            let mut st = this.state.borrow_mut(py);
-            st.buffer_size += raw.len() - sent;
-            st.buffer.push_back(Chunk {
-                data: bytes.clone().unbind(),
-                addr: None,
-            });
-        }
-        Self::maybe_pause_protocol(slf)
-    }
-
     /// `obj.<name>` when the instance's `__dict__` replaces the method (a
     /// `mock.patch.object`, a library's wrapper): where asyncio calls
     /// `self.<name>(...)`, that is what must run.
@@ -992,123 +483,6 @@ impl Transport {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let dict = obj.getattr(pyo3::intern!(obj.py(), "__dict__"))?;
         dict.cast_into::<PyDict>()?.get_item(name)
-    }
-
-    /// Drops the buffered data (after a write error), returning it to be released
-    /// outside the borrow.
-    pub(super) fn take_buffer(&self, py: Python<'_>) -> VecDeque<Chunk> {
-        let mut st = self.state.borrow_mut(py);
-        st.buffer_size = 0;
-        st.head_sent = 0;
-        std::mem::take(&mut st.buffer)
-    }
-
-    /// CPython: `_FlowControlMixin._maybe_pause_protocol`.
-    pub(super) fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (size, exotic) = {
-            let st = slf.get().state.borrow_mut(py);
-            match &st.marks {
-                Some(m) if m.exotic => (st.buffer_size, Some(m.high.clone_ref(py))),
-                _ => {
-                    if st.buffer_size <= st.high_water {
-                        return Ok(());
-                    }
-                    (st.buffer_size, None)
-                }
-            }
-        };
-        // `size <= high` in Python for other numbers (outside the borrow).
-        if let Some(high) = exotic {
-            if size.into_pyobject(py)?.le(high.bind(py))? {
-                return Ok(());
-            }
-        }
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.protocol_paused {
-                return Ok(());
-            }
-            st.protocol_paused = true;
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        Self::notify_flow(
-            slf,
-            protocol,
-            "pause_writing",
-            "protocol.pause_writing() failed",
-        )
-    }
-
-    /// CPython: `_FlowControlMixin._maybe_resume_protocol`.
-    pub(super) fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (size, exotic) = {
-            let st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused {
-                return Ok(());
-            }
-            match &st.marks {
-                Some(m) if m.exotic => (st.buffer_size, Some(m.low.clone_ref(py))),
-                _ => {
-                    if st.buffer_size > st.low_water {
-                        return Ok(());
-                    }
-                    (st.buffer_size, None)
-                }
-            }
-        };
-        if let Some(low) = exotic {
-            if !size.into_pyobject(py)?.le(low.bind(py))? {
-                return Ok(());
-            }
-        }
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        Self::notify_flow(
-            slf,
-            protocol,
-            "resume_writing",
-            "protocol.resume_writing() failed",
-        )
-    }
-
-    fn notify_flow(
-        slf: &Bound<'_, Self>,
-        protocol: Option<Py<PyAny>>,
-        method: &str,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let Some(protocol) = protocol else {
-            return Ok(());
-        };
-        match crate::ffi::call_protocol(
-            protocol.bind(py),
-            &pyo3::types::PyString::new(py, method),
-            &[],
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) if is_exit(py, &e) => Err(e),
-            Err(e) => {
-                let Some(lp) = slf.get().event_loop(py) else {
-                    return Ok(());
-                };
-                let context = PyDict::new(py);
-                context.set_item("message", message)?;
-                context.set_item("exception", e.into_value(py))?;
-                context.set_item("transport", slf)?;
-                context.set_item("protocol", protocol)?;
-                lp.call_method1("call_exception_handler", (context,))
-                    .map(drop)
-            }
-        }
     }
 
     fn repr(&self, py: Python<'_>) -> String {
@@ -1223,7 +597,7 @@ impl Transport {
         self.protocol(py)
     }
 
-    fn is_reading(&self, py: Python<'_>) -> bool {
+    pub(super) fn is_reading(&self, py: Python<'_>) -> bool {
         let st = self.state.borrow_mut(py);
         !st.paused && !st.closing
     }

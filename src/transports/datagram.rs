@@ -18,7 +18,9 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::base::{is_exit, is_retry, Chunk, Kind, ReadyFns, Transport};
+use super::base::{is_exit, is_retry, Kind, Transport};
+use super::flow::Chunk;
+use super::watch::ReadyFns;
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};

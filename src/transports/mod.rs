@@ -19,9 +19,12 @@ macro_rules! native {
 
 pub mod base;
 pub mod datagram;
+mod extra;
+mod flow;
 pub mod pipe;
 pub mod ssl;
 pub mod stream;
+mod watch;
 
 use std::cell::RefCell;
 

@@ -28,7 +28,8 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::base::{is_retry, Kind, ReadyFns, Transport};
+use super::base::{is_retry, Kind, Transport};
+use super::watch::ReadyFns;
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};

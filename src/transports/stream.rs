@@ -19,8 +19,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
-use super::base::{is_exit, is_retry, Kind, ReadyFns, Transport};
+use super::base::{is_exit, is_retry, Kind, Transport};
 use super::ssl::SslProtocol;
+use super::watch::ReadyFns;
 use super::MAX_SIZE;
 use crate::errors::os_error;
 use crate::event_loop::{Direction, LoopCore};
