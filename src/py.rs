@@ -269,7 +269,16 @@ pub fn server_detach_collected(server: &Bound<'_, PyAny>) -> PyResult<()> {
     ) else {
         return Ok(());
     };
-    if clients.len()? == 0 && sockets.is_none() {
+    // Counted by iterating: the transport being freed may still be in the WeakSet
+    // (PyO3 drops a pyclass's Rust value before clearing its weak references, so a
+    // transport freed by reference count is seen here with its entry, where the
+    // collector clears the entry first); iteration yields only live referents.
+    let mut live = 0usize;
+    for item in clients.try_iter()? {
+        item?;
+        live += 1;
+    }
+    if live == 0 && sockets.is_none() {
         server.call_method0(pyo3::intern!(py, "_wakeup"))?;
     }
     Ok(())

@@ -168,7 +168,7 @@ def test_handles_dropped_after_run_do_not_leak_into_new_ones(loop, run_briefly):
     assert h._callback == seen.append and h._args == ('last',)
     assert var not in h._context
     assert h._loop is loop
-    assert 'last' in repr(h)
+    assert 'list.append' in repr(h)  # 3.13 shows the arguments only in debug mode
     run_briefly(loop)
     assert seen == [(0, 'ctx0'), (1, 'ctx1'), (2, 'ctx2'), 'last']
 

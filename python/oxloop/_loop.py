@@ -295,10 +295,22 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
             self._accept_failed(error, args)
             error = None
         if accepted:
-            self._new_connections(protocol_factory, self._adopt(sock, accepted), server, raw=True)
+            conns = self._adopt(sock, accepted)
+            if self._debug or not self._own_make_socket_transport():
+                self._new_connections(protocol_factory, conns, server, raw=True)
+            else:
+                self._accept_batch(protocol_factory, conns, server)
         if error is not None:
             raise error  # The event loop will catch, log and ignore it.
         return None
+
+    def _own_make_socket_transport(self) -> bool:
+        """Whether _make_socket_transport is this class's own (not overridden by a
+        subclass or patched on the instance): then accepted connections are made
+        in Rust (LoopCore._accept_batch)."""
+        return type(self)._make_socket_transport is Loop._make_socket_transport and (
+            '_make_socket_transport' not in self.__dict__
+        )
 
     @staticmethod
     def _adopt(listener: socket.socket, accepted: list[tuple[int, Any]]) -> list[tuple[socket.socket, Any]]:

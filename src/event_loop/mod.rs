@@ -13,6 +13,7 @@
 //!
 //! Invariant: `state` is never borrowed across a call into Python (see `gil.rs`).
 
+mod accept;
 pub(crate) mod readers;
 mod run;
 pub(crate) mod sock;
@@ -787,6 +788,18 @@ impl LoopCore {
             accepted.push((conn, PyBytes::new(py, addr.bytes()).into_any()));
         }
         Ok((into_raw(accepted), None))
+    }
+
+    /// asyncio's `_accept_connection2` for each connection of an accepted batch
+    /// (`[(socket, raw_address), ...]`), without a task and outside debug mode:
+    /// the protocol factory and the transport, in a copy of the context.
+    fn _accept_batch(
+        slf: &Bound<'_, Self>,
+        protocol_factory: &Bound<'_, PyAny>,
+        conns: &Bound<'_, PyList>,
+        server: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        Self::accept_batch(slf, protocol_factory, conns, server)
     }
 
     /// The Python form (`socket` module's) of a raw address from `_accept_many`.

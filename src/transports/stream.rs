@@ -209,7 +209,7 @@ impl StreamTransport {
     /// which asyncio passes as `extra={'peername': addr}`.
     #[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None, peer=None))]
     #[allow(clippy::too_many_arguments)] // asyncio's constructor arguments, and the peer
-    fn _create<'py>(
+    pub(crate) fn _create<'py>(
         event_loop: &Bound<'py, LoopCore>,
         sock: &Bound<'py, PyAny>,
         protocol: &Bound<'py, PyAny>,
