@@ -254,3 +254,48 @@ def test_a_closed_and_dropped_transport_leaves_loop_transports(loop) -> None:
         return present, fd in loop._transports  # type: ignore[attr-defined]
 
     assert loop.run_until_complete(main()) == (True, False)
+
+
+async def _server_bookkeeping() -> list[tuple[str, int]]:
+    """The server's client count (3.11/3.12 ``_active_count``, 3.13 ``_clients``) as
+    connections come and go, and whether wait_closed() returns once the last goes."""
+    loop = asyncio.get_running_loop()
+    served: list[asyncio.Transport] = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            served.append(transport)  # type: ignore[arg-type]
+
+    def count(server: asyncio.AbstractServer) -> int:
+        if hasattr(server, '_clients'):
+            return len(server._clients)  # type: ignore[attr-defined]
+        return server._active_count  # type: ignore[attr-defined]
+
+    server = await loop.create_server(Keep, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    log = [('start', count(server))]
+    clients = [socket.create_connection(('127.0.0.1', port)) for _ in range(3)]
+    for _ in range(100):
+        if len(served) == 3:
+            break
+        await asyncio.sleep(0.01)
+    log.append(('three', count(server)))
+    served.pop().close()
+    await asyncio.sleep(0.01)
+    log.append(('one closed', count(server)))
+    server.close()
+    for t in served:
+        t.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+        log.append(('wait_closed returns', count(server)))
+    except TimeoutError:
+        log.append(('wait_closed hangs', count(server)))
+    for c in clients:
+        c.close()
+    return log
+
+
+def test_server_client_count_as_the_stdlib(loop) -> None:
+    got, expected = _here_and_on_the_stdlib(loop, _server_bookkeeping)
+    assert got == expected
