@@ -16,6 +16,21 @@ TIMEOUT = 10.0
 MADE, DATA, EOF, LOST, PAUSE, RESUME = 'made', 'data', 'eof', 'lost', 'pause', 'resume'
 
 
+def here_and_on_the_stdlib(loop: asyncio.AbstractEventLoop, scenario, *args, timeout: float = TIMEOUT):
+    """``scenario(*args)`` on ``loop`` and on a fresh stdlib loop (its exception handler
+    silenced), each bounded by ``timeout``: (got, expected)."""
+    from conftest import new_loop
+
+    got = loop.run_until_complete(asyncio.wait_for(scenario(*args), timeout))
+    reference = new_loop('asyncio')
+    try:
+        reference.set_exception_handler(lambda lp, ctx: None)
+        expected = reference.run_until_complete(asyncio.wait_for(scenario(*args), timeout))
+    finally:
+        reference.close()
+    return got, expected
+
+
 def run(loop: asyncio.AbstractEventLoop, coro, timeout: float = TIMEOUT):
     """run_until_complete() with a deadline."""
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))

@@ -15,20 +15,10 @@ import struct
 import sys
 
 import pytest
+from _net import here_and_on_the_stdlib
 from conftest import new_loop
 
 TIMEOUT = 5.0
-
-
-def _here_and_on_the_stdlib(loop, scenario, *args):
-    got = loop.run_until_complete(asyncio.wait_for(scenario(*args), TIMEOUT))
-    reference = new_loop('asyncio')
-    try:
-        reference.set_exception_handler(lambda lp, ctx: None)
-        expected = reference.run_until_complete(asyncio.wait_for(scenario(*args), TIMEOUT))
-    finally:
-        reference.close()
-    return got, expected
 
 
 async def _tcp_pair(host: str = '127.0.0.1'):
@@ -91,7 +81,7 @@ def test_user_overrides_an_address_before_it_was_ever_asked(loop, side):
         await cleanup()
         return got
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
     assert got[0] == 'overridden'
     assert got[2] == 'gone'
@@ -107,7 +97,7 @@ def test_first_question_decides_nothing_about_the_key_order(loop, side):
         await cleanup()
         return keys
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -126,7 +116,7 @@ def test_unhashable_name_raises_as_a_dict_does(loop, name):
         await cleanup()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
     assert got[0].startswith('unhashable type')
 
@@ -148,7 +138,7 @@ def test_default_argument_forms(loop):
         await cleanup()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -244,7 +234,7 @@ def test_connect_accepted_socket_whose_peer_reset_already(loop):
         after = t.get_extra_info('peername')
         return names, exc, calls, after
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -275,5 +265,5 @@ def test_peer_reset_before_the_server_transport_is_asked(loop):
         await server.wait_closed()
         return got
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected

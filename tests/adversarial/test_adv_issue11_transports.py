@@ -19,20 +19,10 @@ import tempfile
 import time
 
 import pytest
+from _net import here_and_on_the_stdlib
 from conftest import new_loop
 
 TIMEOUT = 5.0
-
-
-def _here_and_on_the_stdlib(loop, scenario, *args):
-    got = loop.run_until_complete(asyncio.wait_for(scenario(*args), TIMEOUT))
-    reference = new_loop('asyncio')
-    try:
-        reference.set_exception_handler(lambda lp, ctx: None)
-        expected = reference.run_until_complete(asyncio.wait_for(scenario(*args), TIMEOUT))
-    finally:
-        reference.close()
-    return got, expected
 
 
 async def _two_connections_with_data_ready(on_data):
@@ -91,7 +81,7 @@ def test_data_received_stops_the_other_transport_whose_event_is_queued(loop, how
         elif other.is_reading():
             other.pause_reading()
 
-    got, expected = _here_and_on_the_stdlib(loop, _two_connections_with_data_ready, on_data)
+    got, expected = here_and_on_the_stdlib(loop, _two_connections_with_data_ready, on_data, timeout=TIMEOUT)
 
     # Which connection's event comes first is the kernel's order: compare the shape.
     def shape(log):
@@ -176,7 +166,7 @@ def test_data_received_reentrancy(loop, action):
         finally:
             ref.close()
     else:
-        got, expected = _here_and_on_the_stdlib(loop, main)
+        got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -216,7 +206,7 @@ def test_protocol_callback_raising_is_reported_as_asyncio(loop, raiser):
         b.close()
         return log, errors
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -254,7 +244,7 @@ def test_connection_lost_reentrancy_stop_and_close_another(loop):
             b.close()
         return log, [t.is_closing() for t in ts]
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -312,7 +302,7 @@ def test_sendfile_keeps_the_transport_registered(loop, tmp_dir):
         await server.wait_closed()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
     assert got[0] == 150_000
 
@@ -336,7 +326,7 @@ def test_dup_fds_are_two_entries(loop):
         b.close()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -371,7 +361,7 @@ def test_fd_number_reused_by_a_new_transport_after_the_old_was_dropped(loop):
         other.close()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
@@ -397,7 +387,7 @@ def test_transport_closing_frees_the_fd_check(loop):
         b.close()
         return out
 
-    got, expected = _here_and_on_the_stdlib(loop, main)
+    got, expected = here_and_on_the_stdlib(loop, main, timeout=TIMEOUT)
     assert got == expected
 
 
