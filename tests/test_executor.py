@@ -128,3 +128,48 @@ def test_executor_to_thread(loop):
         assert loop.run_until_complete(main()) != threading.get_ident()
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
+
+
+# A loop kept busy by I/O (an echo over a socketpair, Python work per message) while
+# an executor job needs the GIL again and again: each time.sleep() gives it up and
+# must take it back. The job finishes at the pace of the interpreter's switch
+# interval. (oxloop released the GIL for every poll, even one that found I/O ready:
+# each release woke the waiting thread, so its timed wait never expired to ask for a
+# switch, and it lost the race for the GIL almost every time: minutes, not
+# milliseconds.)
+BUSY_LOOP_AND_EXECUTOR = """
+import socket, time
+
+def work():
+    return sum(range(20000))
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, tr):
+        self.tr = tr
+        tr.write(b'x' * 1000)
+
+    def data_received(self, data):
+        work()
+        self.tr.write(data)
+
+def job():
+    start = time.monotonic()
+    for _ in range(20):
+        time.sleep(0.001)
+    return time.monotonic() - start
+
+async def main():
+    a, b = socket.socketpair()
+    await loop.connect_accepted_socket(Echo, a)
+    await loop.connect_accepted_socket(Echo, b)
+    await asyncio.sleep(0.01)
+    return await loop.run_in_executor(None, job)
+
+took = loop.run_until_complete(main())
+print('job done', took < 10)
+"""
+
+
+def test_executor_job_runs_while_the_loop_is_busy_with_io(loop_impl, run_python):
+    proc = run_python(BUSY_LOOP_AND_EXECUTOR, impl=loop_impl, timeout=30)
+    assert proc.stdout.strip() == 'job done True', proc.stderr[-2000:]

@@ -2,7 +2,8 @@
 //!
 //! 1. drop cancelled timers (all of them when they are the majority);
 //! 2. poll: zero timeout when callbacks are ready or the loop is stopping, else
-//!    until the next timer (the GIL is released only here); the waker's sleeping
+//!    until the next timer (the GIL is released only here, and only to block:
+//!    after an iteration with I/O a zero-timeout poll looks first); the waker's sleeping
 //!    flag is set before anything that can run Python, so that a
 //!    `call_soon_threadsafe` made meanwhile is never lost;
 //! 3. run pending Python signal handlers (Ctrl-C raises `KeyboardInterrupt` here);
@@ -96,7 +97,22 @@ impl LoopCore {
                 this.poller.wait(&mut events, timeout)
             }
         } else {
-            let polled = py.detach(|| this.poller.wait(&mut events, timeout));
+            // After an iteration with I/O, look first with the GIL held, and let it
+            // go only to block. A loop busy with I/O that gave up the GIL for every
+            // poll starved the other threads: a thread waiting for the GIL is woken
+            // by each release, so its timed wait never expires to ask for a switch,
+            // and it loses the race to re-take the GIL nearly every time (a daemon
+            // echo loop kept the main thread out for over 60 s). Held, the GIL is
+            // handed over at the switch interval, as for any Python code.
+            let polled = if events.is_empty() {
+                Ok(0)
+            } else {
+                this.poller.wait(&mut events, Some(Duration::ZERO))
+            };
+            let polled = match polled {
+                Ok(0) => py.detach(|| this.poller.wait(&mut events, timeout)),
+                other => other,
+            };
             this.waker.set_sleeping(false);
             polled
         };
