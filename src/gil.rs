@@ -47,6 +47,14 @@ impl<T> GilCell<T> {
     }
 }
 
+impl<T: Copy> GilCell<T> {
+    /// A copy of the value.
+    pub fn get(&self, _py: Python<'_>) -> T {
+        // SAFETY: GIL held; a plain read of a `Copy` value.
+        unsafe { *self.0.get() }
+    }
+}
+
 impl<T> GilCell<Option<Py<T>>> {
     /// A new reference to the stored object, if any.
     pub fn clone_ref(&self, py: Python<'_>) -> Option<Py<T>> {

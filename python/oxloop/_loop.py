@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import functools
 import os
 import selectors
 import socket
@@ -288,19 +289,27 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         # `backlog` of them, as asyncio's `for _ in range(backlog)`: none when it is
         # 0 or negative (listen() takes any int).
         accepted, error = self._accept_many(sock.fileno(), backlog)
-        if error is not None and error.errno in _ACCEPT_RESOURCE_ERRORS:
-            # One report and one retry per batch (asyncio's loop goes on accepting
-            # after an EMFILE and reports again, up to `backlog` times), made before
-            # the protocol factories run, as asyncio's (in tasks) do.
-            self._accept_failed(error, args)
-            error = None
-        if accepted:
-            conns = self._adopt(sock, accepted)
-            if self._debug or not self._own_make_socket_transport():
+        # One report and one retry per batch (asyncio's loop goes on accepting after
+        # an EMFILE and reports again, up to `backlog` times), made before the
+        # protocol factories run, as asyncio's (in tasks) do.
+        report = error is not None and error.errno in _ACCEPT_RESOURCE_ERRORS
+        if accepted and not self._debug and self._own_make_socket_transport():
+            # The bare fds go to Rust, which owns them until their transports do
+            # (a connection's socket.socket is made only when asked for).
+            self._accept_batch(
+                protocol_factory,
+                accepted,
+                server,
+                sock,
+                functools.partial(self._accept_failed, error, args) if report else None,
+            )
+        else:
+            conns = self._adopt(sock, accepted)  # owned before any Python code runs
+            if report:
+                self._accept_failed(error, args)
+            if conns:
                 self._new_connections(protocol_factory, conns, server, raw=True)
-            else:
-                self._accept_batch(protocol_factory, conns, server)
-        if error is not None:
+        if error is not None and not report:
             raise error  # The event loop will catch, log and ignore it.
         return None
 

@@ -791,15 +791,19 @@ impl LoopCore {
     }
 
     /// asyncio's `_accept_connection2` for each connection of an accepted batch
-    /// (`[(socket, raw_address), ...]`), without a task and outside debug mode:
-    /// the protocol factory and the transport, in a copy of the context.
+    /// (`_accept_many`'s `[(fd, raw_address), ...]`, whose fds it takes over),
+    /// without a task and outside debug mode: the protocol factory and the
+    /// transport, in a copy of the context. `report` is called first.
+    #[pyo3(signature = (protocol_factory, accepted, server, listener, report=None))]
     fn _accept_batch(
         slf: &Bound<'_, Self>,
         protocol_factory: &Bound<'_, PyAny>,
-        conns: &Bound<'_, PyList>,
+        accepted: &Bound<'_, PyList>,
         server: &Bound<'_, PyAny>,
+        listener: &Bound<'_, PyAny>,
+        report: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        Self::accept_batch(slf, protocol_factory, conns, server)
+        Self::accept_batch(slf, protocol_factory, accepted, server, listener, report)
     }
 
     /// The Python form (`socket` module's) of a raw address from `_accept_many`.

@@ -17,7 +17,7 @@
 //! Invariant: `state` is never borrowed across a call into Python.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::sync::OnceLock;
 
@@ -36,6 +36,7 @@ use crate::py;
 
 use super::extra::PendingExtra;
 use super::flow::{threshold, Chunk, WaterMarks};
+use super::lazy_socket::UnmadeSocket;
 use super::watch::ReadyFns;
 
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -109,6 +110,9 @@ pub(super) struct TransportState {
 pub struct Transport {
     pub(super) event_loop: GilCell<Option<Py<LoopCore>>>,
     pub(super) sock: GilCell<Option<Py<PyAny>>>,
+    /// A connection a server accepted whose `socket.socket` is not made yet: the
+    /// transport owns `fd` itself until [`Transport::sock_object`] makes it.
+    pub(super) unmade: GilCell<Option<UnmadeSocket>>,
     pub(super) fd: RawFd,
     /// False only in a new object whose fields are not written yet, which the
     /// garbage collector may traverse (3.11 allocates the `__dict__` in between):
@@ -150,23 +154,31 @@ impl Transport {
     ) -> PyResult<Self> {
         let extra = extra.unwrap_or_else(|| PyDict::new(pipe.py()));
         extra.set_item("pipe", pipe)?;
-        Ok(Self::from_parts(kind, fd, pipe, extra, None, None))
+        Ok(Self::from_parts(
+            kind,
+            fd,
+            Some(pipe),
+            Some(extra),
+            None,
+            None,
+        ))
     }
 
     pub(super) fn from_parts(
         kind: Kind,
         fd: RawFd,
-        sock: &Bound<'_, PyAny>,
-        extra: Bound<'_, PyDict>,
+        sock: Option<&Bound<'_, PyAny>>,
+        extra: Option<Bound<'_, PyDict>>,
         server: Option<&Bound<'_, PyAny>>,
         address: Option<&Bound<'_, PyAny>>,
     ) -> Self {
         Self {
             event_loop: GilCell::new(None),
-            sock: GilCell::new(Some(sock.clone().unbind())),
+            sock: GilCell::new(sock.map(|s| s.clone().unbind())),
+            unmade: GilCell::new(None),
             fd,
             made: true,
-            extra: GilCell::new(Some(extra.unbind())),
+            extra: GilCell::new(extra.map(Bound::unbind)),
             pending_extra: GilCell::new(None),
             kind,
             ready_fns: OnceLock::new(),
@@ -307,6 +319,9 @@ impl Transport {
     /// Every raw syscall on the fd goes through this, under one GIL hold with no
     /// Python code in between.
     pub(super) fn owned_fd(&self, py: Python<'_>) -> Option<RawFd> {
+        if self.unmade.get(py).is_some() {
+            return Some(self.fd); // nothing but this transport knows the fd
+        }
         if self.kind.is_pipe() {
             // asyncio's pipe transports use `os.read`/`os.write` on `_fileno`, not
             // the pipe object's methods: the transport's own state is the owner.
@@ -322,12 +337,36 @@ impl Transport {
     /// `EBADF` for a closed socket (always `EBADF` for a pipe, which asyncio
     /// reaches by its fd number).
     pub(super) fn fd_gone_error(&self, py: Python<'_>, method: &str) -> PyErr {
-        if !self.kind.is_pipe() && !self.sock.is_some(py) {
+        if !self.kind.is_pipe() && !self.has_socket(py) {
             return PyAttributeError::new_err(format!(
                 "'NoneType' object has no attribute '{method}'"
             ));
         }
         os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// Whether the transport still has its socket (or pipe), made or not yet:
+    /// false once `_call_connection_lost` let it go.
+    pub(super) fn has_socket(&self, py: Python<'_>) -> bool {
+        self.sock.is_some(py) || self.unmade.get(py).is_some()
+    }
+
+    /// asyncio's `self._sock`: the socket object, made now if it was not yet (it
+    /// owns the fd from then on); `None` once the transport let it go.
+    pub(super) fn sock_object(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if let Some(unmade) = self.unmade.get(py) {
+            // SAFETY: an unmade socket's fd is this transport's alone, open until
+            // `unmade` is cleared, which this does before anything else can see it.
+            let fd = unsafe { OwnedFd::from_raw_fd(self.fd) };
+            self.unmade.replace(py, None);
+            // On failure `make` closed the fd: the transport has no socket then,
+            // as after a close behind its back.
+            let sock = unmade.make(py, fd)?.unbind();
+            drop(self.sock.replace(py, Some(sock.clone_ref(py))));
+            self.socket_made(py, &sock);
+            return Ok(Some(sock));
+        }
+        Ok(self.sock.clone_ref(py))
     }
 
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
@@ -487,7 +526,7 @@ impl Transport {
 
     fn repr(&self, py: Python<'_>) -> String {
         let mut info = vec![self.kind.class_name().to_owned()];
-        if !self.sock.is_some(py) {
+        if !self.has_socket(py) {
             info.push("closed".to_owned());
         } else if self.is_closing(py) {
             info.push("closing".to_owned());
@@ -505,7 +544,7 @@ impl Transport {
                 Kind::ReadPipe => Direction::Read,
                 _ => Direction::Write,
             };
-            if !self.sock.is_some(py) {
+            if !self.has_socket(py) {
                 info.push("closed".to_owned());
             } else if live_loop.is_none() {
                 info.push("open".to_owned());
@@ -752,11 +791,14 @@ impl Transport {
         };
         // finally: release everything, whatever connection_lost did.
         let sock = this.sock.replace(py, None);
-        let closed = sock.as_ref().map_or(Ok(()), |s| {
-            s.bind(py)
+        let closed = match (&sock, this.unmade.replace(py, None)) {
+            (Some(s), _) => s
+                .bind(py)
                 .call_method0(pyo3::intern!(py, "close"))
-                .map(drop)
-        });
+                .map(drop),
+            (None, Some(_)) => UnmadeSocket::close(this.fd),
+            (None, None) => Ok(()),
+        };
         let (server, old) = {
             let mut st = this.state.borrow_mut(py);
             (st.server.take(), st.protocol.take())
@@ -775,8 +817,8 @@ impl Transport {
     }
 
     #[getter]
-    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sock.clone_ref(py)
+    fn _sock(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.sock_object(py)
     }
 
     #[getter]
@@ -842,7 +884,7 @@ impl Transport {
             visit.call(self.event_loop.get_for_gc())?;
             visit.call(self.sock.get_for_gc())?;
             if let Some(pending) = self.pending_extra.get_for_gc() {
-                visit.call(&pending.sock)?;
+                visit.call(pending.sock_for_gc())?;
             }
             visit.call(self.watch_context[0].get_for_gc())?;
             visit.call(self.watch_context[1].get_for_gc())?;
@@ -891,9 +933,11 @@ impl Drop for Transport {
         // CPython: _SelectorTransport.__del__ warns about an unclosed transport and
         // closes its socket. Dealloc runs with the GIL held.
         Python::attach(|py| {
-            let Some(sock) = self.sock.replace(py, None) else {
+            let sock = self.sock.replace(py, None);
+            let unmade = self.unmade.replace(py, None);
+            if sock.is_none() && unmade.is_none() {
                 return;
-            };
+            }
             let message = format!(
                 "unclosed transport <{} fd={}>",
                 self.kind.class_name(),
@@ -909,7 +953,11 @@ impl Drop for Transport {
             if let Err(err) = warned {
                 err.write_unraisable(py, None);
             }
-            if let Err(err) = py::close_socket(sock.bind(py)) {
+            let closed = match &sock {
+                Some(sock) => py::close_socket(sock.bind(py)),
+                None => UnmadeSocket::close(self.fd),
+            };
+            if let Err(err) = closed {
                 err.write_unraisable(py, None);
             }
             let server = self.state.borrow_mut(py).server.take();

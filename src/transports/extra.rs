@@ -2,7 +2,7 @@
 //! `__init__` (`socket`, `sockname`, `peername`); oxloop reads the addresses from
 //! the kernel then and makes the dict and its objects on first use.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use oxloop_core::sys;
 use pyo3::exceptions::PyOSError;
@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::base::{Kind, Transport};
+use super::lazy_socket::UnmadeSocket;
 use crate::gil::GilCell;
 use crate::py;
 use crate::sockaddr::{CompactAddr, SockAddr};
@@ -33,7 +34,7 @@ fn sock_name<'py>(sock: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py,
 /// the same after the socket is closed. For an exact `socket.socket` of the
 /// families whose addresses oxloop converts as the `socket` module does.
 pub(super) struct PendingExtra {
-    pub(super) sock: Py<PyAny>,
+    sock: ExtraSocket,
     /// The peer's address as `accept()` gave it, which asyncio passes in as
     /// `extra={'peername': addr}` (the dict's first key).
     accepted_peer: Option<CompactAddr>,
@@ -43,17 +44,28 @@ pub(super) struct PendingExtra {
     peername: Option<Option<CompactAddr>>,
 }
 
+/// The socket `extra['socket']` wraps in a `TransportSocket`.
+enum ExtraSocket {
+    Made(Py<PyAny>),
+    /// The transport's own, whose object is not made yet (`lazy_socket`).
+    Unmade(UnmadeSocket),
+}
+
 impl PendingExtra {
-    /// For an exact socket whose fd is `fd`: its addresses now, or `None` when
-    /// the family is one whose Python form is left to the `socket` module.
-    fn read(
-        sock: &Bound<'_, PyAny>,
+    /// For an exact socket whose fd is `fd`, or the fd of an accepted connection
+    /// whose socket is not made yet: its addresses now, or `None` when the family
+    /// is one whose Python form is left to the `socket` module.
+    ///
+    /// # Safety
+    /// `fd` is the socket's own: read from the exact `socket.socket` just before
+    /// with no Python code run since, or accepted just now and owned by the caller.
+    unsafe fn read(
+        sock: ExtraSocket,
         fd: RawFd,
         peer_given: bool,
         accepted_peer: Option<CompactAddr>,
     ) -> Option<Self> {
-        // SAFETY: `fd` was read from `sock` (an exact socket.socket) just before,
-        // with no Python code run since: it is the socket's own.
+        // SAFETY: the caller's contract.
         let fd = unsafe { sys::borrow(fd) }.ok()?;
         let local = SockAddr::of_socket(fd, false);
         let family = local.as_ref().map_or(libc::AF_UNSPEC, SockAddr::family);
@@ -66,15 +78,23 @@ impl PendingExtra {
                 .map(|addr| addr.compact())
         });
         Some(Self {
-            sock: sock.clone().unbind(),
+            sock,
             accepted_peer,
             sockname: local.ok().map(|addr| addr.compact()),
             peername,
         })
     }
 
-    /// Puts the entries in `extra`, in asyncio's order.
-    fn fill(self, extra: &Bound<'_, PyDict>) -> PyResult<()> {
+    pub(super) fn sock_for_gc(&self) -> Option<&Py<PyAny>> {
+        match &self.sock {
+            ExtraSocket::Made(sock) => Some(sock),
+            ExtraSocket::Unmade(_) => None,
+        }
+    }
+
+    /// Puts the entries in `extra`, in asyncio's order; `sock` is the socket
+    /// object (see [`Transport::extra`]).
+    fn fill(self, extra: &Bound<'_, PyDict>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = extra.py();
         let address = |addr: Option<CompactAddr>| -> PyResult<Bound<'_, PyAny>> {
             match addr {
@@ -85,7 +105,7 @@ impl PendingExtra {
         if let Some(peer) = self.accepted_peer {
             extra.set_item("peername", address(Some(peer))?)?;
         }
-        extra.set_item("socket", py::transport_socket(py)?.call1((self.sock,))?)?;
+        extra.set_item("socket", py::transport_socket(py)?.call1((sock,))?)?;
         extra.set_item("sockname", address(self.sockname)?)?;
         if let Some(peername) = self.peername {
             extra.set_item("peername", address(peername)?)?;
@@ -120,12 +140,11 @@ impl Transport {
             None => false,
         };
         let pending = if exact {
-            PendingExtra::read(
-                sock,
-                fd,
-                peer_given,
-                accepted_raw.map(CompactAddr::from_bytes),
-            )
+            let made = ExtraSocket::Made(sock.clone().unbind());
+            let accepted_peer = accepted_raw.map(CompactAddr::from_bytes);
+            // SAFETY: `fd` was read from the exact socket above, with no Python
+            // code run since.
+            unsafe { PendingExtra::read(made, fd, peer_given, accepted_peer) }
         } else {
             None
         };
@@ -142,13 +161,49 @@ impl Transport {
                 extra.set_item("peername", sock_name(sock, "getpeername")?)?;
             }
         }
-        let mut this = Self::from_parts(kind, fd, sock, extra, server, address);
-        if lazy {
-            // Nothing in the dict yet: it is made with its entries on first use.
-            drop(this.extra.replace(py, None));
-        }
+        // Nothing in the dict yet when lazy: it is made with its entries on first use.
+        let extra = (!lazy).then_some(extra);
+        let mut this = Self::from_parts(kind, fd, Some(sock), extra, server, address);
         this.pending_extra = GilCell::new(pending.map(Box::new));
         Ok(this)
+    }
+
+    /// [`Transport::new`] for a connection a server accepted, over its bare fd:
+    /// the socket object is made on first use (`lazy_socket`). `peer` is the raw
+    /// address `accept()` gave. A family whose addresses oxloop does not convert
+    /// gets its object now, and asyncio's eager `extra`.
+    pub(super) fn new_accepted(
+        py: Python<'_>,
+        fd: OwnedFd,
+        unmade: UnmadeSocket,
+        server: Option<&Bound<'_, PyAny>>,
+        peer: &[u8],
+    ) -> PyResult<Self> {
+        let raw = fd.as_raw_fd();
+        let accepted_peer = Some(CompactAddr::from_bytes(peer));
+        let sock = ExtraSocket::Unmade(unmade);
+        // SAFETY: `fd` was accepted just now and is owned here.
+        let pending = unsafe { PendingExtra::read(sock, raw, false, accepted_peer) };
+        let Some(pending) = pending else {
+            let sock = unmade.make(py, fd)?;
+            return Self::new(Kind::Socket, &sock, None, server, None, Some(peer));
+        };
+        let fd = fd.into_raw_fd();
+        let mut this = Self::from_parts(Kind::Socket, fd, None, None, server, None);
+        this.unmade = GilCell::new(Some(unmade));
+        this.pending_extra = GilCell::new(Some(Box::new(pending)));
+        Ok(this)
+    }
+
+    /// The socket object was just made ([`Transport::sock_object`]): the `extra`
+    /// still to be made wraps it.
+    pub(super) fn socket_made(&self, py: Python<'_>, sock: &Py<PyAny>) {
+        if let Some(mut pending) = self.pending_extra.replace(py, None) {
+            if matches!(pending.sock, ExtraSocket::Unmade(_)) {
+                pending.sock = ExtraSocket::Made(sock.clone_ref(py));
+            }
+            drop(self.pending_extra.replace(py, Some(pending)));
+        }
     }
 
     /// The `extra` dict (always there once the object is made), with the entries
@@ -163,7 +218,19 @@ impl Transport {
             }
         };
         if let Some(pending) = self.pending_extra.replace(py, None) {
-            pending.fill(&extra)?;
+            let sock = match &pending.sock {
+                ExtraSocket::Made(sock) => sock.bind(py).clone(),
+                ExtraSocket::Unmade(unmade) => match self.sock_object(py) {
+                    Ok(Some(sock)) => sock.into_bound(py),
+                    // Closed: asyncio's TransportSocket wraps the closed socket.
+                    Ok(None) => unmade.make_closed(py)?,
+                    Err(err) => {
+                        drop(self.pending_extra.replace(py, Some(pending)));
+                        return Err(err);
+                    }
+                },
+            };
+            pending.fill(&extra, &sock)?;
         }
         Ok(extra)
     }

@@ -21,6 +21,7 @@ pub mod base;
 pub mod datagram;
 mod extra;
 mod flow;
+pub(crate) mod lazy_socket;
 pub mod pipe;
 pub mod ssl;
 pub mod stream;

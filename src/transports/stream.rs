@@ -11,7 +11,7 @@
 //!   keeping references to the caller's `bytes` (no copy); the buffer is flushed
 //!   with `writev`.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use oxloop_core::sys;
 
@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
 use super::base::{is_exit, is_retry, Kind, Transport};
+use super::lazy_socket::UnmadeSocket;
 use super::ssl::SslProtocol;
 use super::watch::ReadyFns;
 use super::MAX_SIZE;
@@ -35,7 +36,12 @@ impl StreamTransport {
     /// CPython: `base_events._set_nodelay` (TCP only), reading the socket's family,
     /// type and protocol without `socket.socket`'s enum conversions.
     fn set_nodelay(sock: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (family, kind, proto) = py::raw_socket_triple(sock)?;
+        Self::set_nodelay_on(py::raw_socket_triple(sock)?, py::socket_fd_now(sock))
+    }
+
+    /// [`Self::set_nodelay`] for a socket of `(family, type, proto)` over `fd`,
+    /// which the caller owns.
+    fn set_nodelay_on((family, kind, proto): (i32, i32, i32), fd: RawFd) -> PyResult<()> {
         if matches!(family, libc::AF_INET | libc::AF_INET6)
             && kind == libc::SOCK_STREAM
             && proto == libc::IPPROTO_TCP
@@ -43,11 +49,11 @@ impl StreamTransport {
             // `sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)` on an exact socket,
             // as the syscall it makes.
             let one: libc::c_int = 1;
-            // SAFETY: the fd is read from the exact socket just now (no Python code
-            // in between); `one` is a readable c_int of the size given.
+            // SAFETY: the caller owns `fd`; `one` is a readable c_int of the size
+            // given.
             let rc = unsafe {
                 libc::setsockopt(
-                    py::socket_fd_now(sock),
+                    fd,
                     libc::IPPROTO_TCP,
                     libc::TCP_NODELAY,
                     (&raw const one).cast(),
@@ -112,7 +118,7 @@ impl StreamTransport {
                 )
             }
         };
-        let Some(sock) = this.sock.clone_ref(py) else {
+        let Some(sock) = this.sock_object(py)? else {
             return Ok(());
         };
         let nbytes: usize = match sock.bind(py).call_method1("recv_into", (buf,)) {
@@ -201,6 +207,27 @@ impl StreamTransport {
     }
 }
 
+impl StreamTransport {
+    /// `_create` for a connection a server accepted (`LoopCore._accept_batch`):
+    /// over the bare fd, whose `socket.socket` is made on first use.
+    pub(crate) fn create_accepted<'py>(
+        event_loop: &Bound<'py, LoopCore>,
+        fd: OwnedFd,
+        unmade: UnmadeSocket,
+        protocol: &Bound<'py, PyAny>,
+        server: &Bound<'py, PyAny>,
+        peer: &[u8],
+    ) -> PyResult<Bound<'py, Self>> {
+        let py = event_loop.py();
+        let raw = fd.as_raw_fd();
+        let server = Some(server).filter(|s| !s.is_none());
+        let base = Transport::new_accepted(py, fd, unmade, server, peer)?;
+        // The fd is the transport's now (or its socket object's): `base` owns it.
+        Self::set_nodelay_on(unmade.triple(), raw)?;
+        Transport::create(base, Self, event_loop, protocol, None, &STREAM_READY, true)
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     /// `_SelectorSocketTransport(loop, sock, protocol, waiter, extra, server)`.
@@ -276,7 +303,7 @@ impl StreamTransport {
         // shared buffer, measured 0.5x -> ~1.0x uvloop on 100 KiB echo (benches/net.py);
         // a scratch buffer + copy for small reads measured no better at 1 KiB.
         let Some(fd) = this.owned_fd(py) else {
-            if !this.sock.is_some(py) {
+            if !this.has_socket(py) {
                 return Ok(()); // closed: nothing to read from
             }
             // The socket was closed under the transport: what `sock.recv` raises.
