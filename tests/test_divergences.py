@@ -254,3 +254,25 @@ def test_divergence_transport_watch_handle_is_a_snapshot(loop, loop_impl):
 
     loop.run_until_complete(main())
     assert got == ([b'x'] if loop_impl == 'oxloop' else [])
+
+
+@pytest.mark.parametrize('key', ['x', 3.0, 2**70])
+def test_divergence_transports_map_takes_fd_keys_only(loop, loop_impl, key):
+    class Transport:
+        pass
+
+    transports = loop._transports
+    kept = Transport()
+    transports[7] = kept  # an fd number: what asyncio stores
+    assert transports.get(7) is kept
+    assert transports.get(key) is None
+    assert key not in transports
+    with pytest.raises(KeyError):
+        del transports[key]
+    if loop_impl == 'oxloop':
+        with pytest.raises(KeyError):
+            transports[key] = kept
+    else:
+        transports[key] = kept
+        assert transports[key] is kept
+    del transports[7]
