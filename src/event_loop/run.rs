@@ -104,10 +104,12 @@ impl LoopCore {
             // and it loses the race to re-take the GIL nearly every time (a daemon
             // echo loop kept the main thread out for over 60 s). Held, the GIL is
             // handed over at the switch interval, as for any Python code.
-            let polled = if events.is_empty() {
-                Ok(0)
-            } else {
+            // (A wake-up alone is no I/O: an idle loop woken by other threads
+            // blocks at once.)
+            let polled = if events.iter().any(|ev| ev.token != WAKER_TOKEN) {
                 this.poller.wait(&mut events, Some(Duration::ZERO))
+            } else {
+                Ok(0)
             };
             let polled = match polled {
                 Ok(0) => py.detach(|| this.poller.wait(&mut events, timeout)),
