@@ -49,6 +49,10 @@ import_cache! {
     extract_stack => "asyncio.format_helpers" . "extract_stack";
     /// `asyncio.base_events._format_handle(handle)`, used by the slow-callback warning.
     format_handle => "asyncio.base_events" . "_format_handle";
+    /// `asyncio.base_events.Server`, whose client bookkeeping is done here.
+    base_server => "asyncio.base_events" . "Server";
+    /// `weakref.WeakSet` (3.13's `Server._clients`).
+    weak_set => "weakref" . "WeakSet";
     /// The `asyncio` logger.
     asyncio_logger => "asyncio.log" . "logger";
     /// `sys._getframe`.
@@ -229,25 +233,94 @@ pub mod names {
 /// `Server._attach()` for a transport the server accepted: CPython 3.13 passes the
 /// transport (`Server._clients`, for `close_clients()`), earlier versions count.
 pub fn server_attach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    server_count(server, pyo3::intern!(server.py(), "_attach"), transport)
+    server_count(server, true, transport)
 }
 
 /// `Server._detach()`, the counterpart of [`server_attach`].
 pub fn server_detach(server: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-    server_count(server, pyo3::intern!(server.py(), "_detach"), transport)
+    server_count(server, false, transport)
 }
 
 fn server_count(
     server: &Bound<'_, PyAny>,
-    method: &Bound<'_, pyo3::types::PyString>,
+    attach: bool,
     transport: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    if py313(server.py()) {
+    let py = server.py();
+    if server.get_type().is(base_server(py)?) {
+        // asyncio's own `Server`: its `_attach`/`_detach` bodies, done here (two
+        // Python frames per connection, a tenth of its instructions). The
+        // `assert`s on the server's state are not repeated.
+        if py313(py) {
+            let clients = server.getattr(pyo3::intern!(py, "_clients"))?;
+            if clients.get_type().is(weak_set(py)?) {
+                if attach {
+                    weak_set_add(&clients, transport)?;
+                    return Ok(());
+                }
+                let left = weak_set_discard(&clients, transport)?;
+                return wake_if_last(server, left == 0);
+            }
+        } else {
+            let count = pyo3::intern!(py, "_active_count");
+            let delta = if attach { 1 } else { -1 };
+            let now = server.getattr(count)?.add(delta)?;
+            server.setattr(count, &now)?;
+            if !attach {
+                return wake_if_last(server, now.extract::<i64>()? == 0);
+            }
+            return Ok(());
+        }
+    }
+    let method = match attach {
+        true => pyo3::intern!(py, "_attach"),
+        false => pyo3::intern!(py, "_detach"),
+    };
+    if py313(py) {
         server.call_method1(method, (transport,))?;
     } else {
         server.call_method0(method)?;
     }
     Ok(())
+}
+
+/// `Server._detach`'s end: `_wakeup()` once the last client left a closed server.
+fn wake_if_last(server: &Bound<'_, PyAny>, none_left: bool) -> PyResult<()> {
+    let py = server.py();
+    if none_left && server.getattr(pyo3::intern!(py, "_sockets"))?.is_none() {
+        server.call_method0(pyo3::intern!(py, "_wakeup"))?;
+    }
+    Ok(())
+}
+
+/// The fields of a `weakref.WeakSet` its `add`/`discard`/`__len__` use:
+/// `(data, _pending_removals)`, with the pending removals committed first, as
+/// those methods do.
+fn weak_set_parts<'py>(
+    set: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, pyo3::types::PySet>, Bound<'py, PyAny>)> {
+    let py = set.py();
+    let pending = set.getattr(pyo3::intern!(py, "_pending_removals"))?;
+    if pending.is_truthy()? {
+        set.call_method0(pyo3::intern!(py, "_commit_removals"))?;
+    }
+    let data = set.getattr(pyo3::intern!(py, "data"))?.cast_into()?;
+    Ok((data, pending))
+}
+
+/// `WeakSet.add(item)`: `data.add(ref(item, self._remove))`.
+fn weak_set_add(set: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = set.py();
+    let (data, _) = weak_set_parts(set)?;
+    let remove = set.getattr(pyo3::intern!(py, "_remove"))?;
+    data.add(pyo3::types::PyWeakrefReference::new_with(item, remove)?)
+}
+
+/// `WeakSet.discard(item)`, then `len(set)`: `data.discard(ref(item))`.
+fn weak_set_discard(set: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let (data, pending) = weak_set_parts(set)?;
+    data.discard(pyo3::types::PyWeakrefReference::new(item)?)?;
+    Ok(data.len().saturating_sub(pending.len()?))
 }
 
 /// What 3.13's `_SelectorTransport.__del__` does for an unclosed transport that is
