@@ -10,6 +10,10 @@ use std::io;
 
 use pyo3::exceptions::{PyMemoryError, PyOSError, PyOverflowError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+
+use crate::gil::GilRefCell;
 
 /// A buffer for a read could not be allocated: not an OS error, and raised as
 /// CPython's `socket.recv`/`os.read` raise it, carried inside an `io::Error` so
@@ -58,7 +62,7 @@ pub fn os_error(err: &io::Error) -> PyErr {
     match err.raw_os_error() {
         Some(errno) => made_now(|py| {
             py.get_type::<PyOSError>()
-                .call1((errno, strerror(errno)))
+                .call1((errno, strerror_text(py, errno)))
                 .map(Bound::unbind)
         })
         .unwrap_or_else(|| PyOSError::new_err((errno, strerror(errno)))),
@@ -78,6 +82,46 @@ fn made_now(make: impl FnOnce(Python<'_>) -> PyResult<Py<PyAny>>) -> Option<PyEr
             .map(|value| PyErr::from_value(value.into_bound(py)))
     })
     .flatten()
+}
+
+/// The messages made so far, as Python strings, for the `LC_MESSAGES` locale named
+/// `locale` (a connection reset on every closed connection asked the C library,
+/// which looks the message up in the locale's catalogue, each time).
+struct Messages {
+    locale: Vec<u8>,
+    texts: std::collections::HashMap<i32, Py<PyString>>,
+}
+
+/// [`strerror`] as a Python string, from [`Messages`] while the locale stays.
+fn strerror_text(py: Python<'_>, errno: i32) -> Bound<'_, PyString> {
+    static MESSAGES: PyOnceLock<GilRefCell<Messages>> = PyOnceLock::new();
+    let messages = MESSAGES.get_or_init(py, || {
+        GilRefCell::new(Messages {
+            locale: Vec::new(),
+            texts: std::collections::HashMap::new(),
+        })
+    });
+    // SAFETY: a query (NULL locale) returns the current name, a NUL-terminated
+    // string the C library keeps until the next setlocale(), which CPython calls
+    // with the GIL held, as this runs.
+    let name = unsafe { libc::setlocale(libc::LC_MESSAGES, std::ptr::null()) };
+    let name = if name.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: as above.
+        unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes()
+    };
+    let mut cache = messages.borrow_mut(py);
+    if cache.locale != name {
+        cache.locale = name.to_vec();
+        cache.texts.clear();
+    }
+    cache
+        .texts
+        .entry(errno)
+        .or_insert_with(|| PyString::new(py, &strerror(errno)).unbind())
+        .bind(py)
+        .clone()
 }
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
