@@ -5,9 +5,10 @@
 //! datagram and pipe transports are subclasses that add their hot paths
 //! (`write`/`sendto`, `_read_ready`, the writer callback). Close, abort, fatal
 //! errors, `connection_lost`, reading pause/resume and the unclosed-transport
-//! warning are written once, here, as asyncio writes them once; the fd watches
-//! are in `watch.rs`, the write buffer and flow control in `flow.rs`, a socket's
-//! `extra` in `extra.rs`.
+//! warning are written once, here, as asyncio writes them once; where asyncio's
+//! classes differ, the transport reads its kind's [`KindRules`], a static in the
+//! kind's own file. The fd watches are in `watch.rs`, the write buffer and flow
+//! control in `flow.rs`, a socket's `extra` in `extra.rs`.
 //!
 //! States: `closing` is set by `close()`/`abort()`/a fatal error and stops reading;
 //! `conn_lost` counts the scheduling of `connection_lost` (and later writes, for
@@ -42,29 +43,51 @@ use super::watch::ReadyFns;
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
-/// Which asyncio class a transport stands for (its repr and warnings name it).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Socket,
-    Datagram,
-    ReadPipe,
-    WritePipe,
+/// The rules in which asyncio's transport classes differ, one `static` per kind
+/// beside its transport (`SOCKET` in stream.rs, `DATAGRAM` in datagram.rs,
+/// `READ_PIPE` and `WRITE_PIPE` in pipe.rs), each with its asyncio reference:
+/// the common code here and in flow.rs reads these instead of asking the kind.
+pub(super) struct KindRules {
+    /// The asyncio class the transport stands for (its repr and warnings name it).
+    pub class_name: &'static str,
+    /// Registered in `loop._transports` by `__init__`.
+    pub in_loop_transports: bool,
+    /// The transport's own state owns the fd (asyncio reaches it by number);
+    /// otherwise the socket object must still hold it (see `owned_fd`).
+    pub owns_fd: bool,
+    /// The one-shot write and the method name its errors report.
+    pub write_call: WriteCall,
+    /// asyncio's warning for writes after the connection was lost.
+    pub lost_write_warning: &'static str,
+    /// The only errno whose `OSError` `_fatal_error` logs in debug mode only
+    /// (`None`: every `OSError` is quiet).
+    pub quiet_errno: Option<i32>,
+    /// `_force_close` returns once `_conn_lost` is set and leaves the reader
+    /// alone when already closing (the selector transports' guards).
+    pub force_close_guarded: bool,
+    /// The repr after `fd=N`; gets the loop unless it is gone or closed.
+    pub repr_tail: fn(&Transport, Python<'_>, Option<&Bound<'_, LoopCore>>, &mut Vec<String>),
 }
 
-impl Kind {
-    fn class_name(self) -> &'static str {
-        match self {
-            Self::Socket => "_SelectorSocketTransport",
-            Self::Datagram => "_SelectorDatagramTransport",
-            Self::ReadPipe => "_UnixReadPipeTransport",
-            Self::WritePipe => "_UnixWritePipeTransport",
-        }
-    }
+/// A transport's kind: its rules.
+pub(super) type Kind = &'static KindRules;
 
-    /// `unix_events`' pipe transports, which differ from the selector transports in
-    /// a few rules (noted where they apply).
-    pub(super) fn is_pipe(self) -> bool {
-        matches!(self, Self::ReadPipe | Self::WritePipe)
+/// The syscall a stream's or write pipe's `write` sends with first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteCall {
+    /// `os.write(fd, data)`.
+    Write,
+    /// `sock.send(data)` (`MSG_NOSIGNAL`: `EPIPE` rather than a `SIGPIPE`).
+    Send,
+}
+
+impl WriteCall {
+    /// The Python method asyncio calls, as its errors name it.
+    pub(super) fn method(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Send => "send",
+        }
     }
 }
 
@@ -233,8 +256,8 @@ impl Transport {
     }
 
     /// CPython: the rest of `_SelectorTransport.__init__`: set the protocol,
-    /// attach to the server, register in `loop._transports` (sockets only: asyncio
-    /// does not register pipes there). `read_ready` and `write_ready` name the
+    /// attach to the server, register in `loop._transports` (where the kind's
+    /// rules say). `read_ready` and `write_ready` name the
     /// subclass's reader and writer callbacks, with their Rust bodies.
     pub(super) fn attach(
         slf: &Bound<'_, Self>,
@@ -260,7 +283,7 @@ impl Transport {
         if let Some(server) = server {
             py::server_attach(server.bind(py), slf)?;
         }
-        if !this.kind.is_pipe() {
+        if this.kind.in_loop_transports {
             let transports = event_loop.getattr(pyo3::intern!(py, "_transports"))?;
             match transports.cast_exact::<TransportMap>() {
                 Ok(map) => map.get().insert(i64::from(this.fd), slf.as_any())?,
@@ -322,9 +345,7 @@ impl Transport {
         if self.unmade.get(py).is_some() {
             return Some(self.fd); // nothing but this transport knows the fd
         }
-        if self.kind.is_pipe() {
-            // asyncio's pipe transports use `os.read`/`os.write` on `_fileno`, not
-            // the pipe object's methods: the transport's own state is the owner.
+        if self.kind.owns_fd {
             return self.sock.is_some(py).then_some(self.fd);
         }
         let sock = self.sock.clone_ref(py)?;
@@ -334,10 +355,10 @@ impl Transport {
     /// What asyncio gets where it would call `self._sock.<method>(...)` on a
     /// transport that does not own its fd any more: `AttributeError` once
     /// `_call_connection_lost` set `_sock` to `None`, else the socket module's
-    /// `EBADF` for a closed socket (always `EBADF` for a pipe, which asyncio
-    /// reaches by its fd number).
+    /// `EBADF` for a closed socket (always `EBADF` where the transport owns the fd,
+    /// which asyncio reaches by its number).
     pub(super) fn fd_gone_error(&self, py: Python<'_>, method: &str) -> PyErr {
-        if !self.kind.is_pipe() && !self.has_socket(py) {
+        if !self.kind.owns_fd && !self.has_socket(py) {
             return PyAttributeError::new_err(format!(
                 "'NoneType' object has no attribute '{method}'"
             ));
@@ -403,27 +424,23 @@ impl Transport {
             warn
         };
         if warn {
-            let message = if self.kind.is_pipe() {
-                "pipe closed by peer or os.write(pipe, data) raised exception."
-            } else {
-                "socket.send() raised exception."
-            };
+            let message = self.kind.lost_write_warning;
             py::asyncio_logger(py)?.call_method1("warning", (message,))?;
         }
         Ok(())
     }
 
-    /// Errors `_fatal_error` only logs in debug mode: `OSError`s, except for a read
-    /// pipe, where only `EIO` (a pty whose other side closed) is quiet.
+    /// Errors `_fatal_error` only logs in debug mode: `OSError`s, or only those
+    /// with the kind's `quiet_errno`.
     fn is_quiet_error(&self, py: Python<'_>, exc: &PyErr) -> PyResult<bool> {
         if !exc.is_instance_of::<PyOSError>(py) {
             return Ok(false);
         }
-        if self.kind != Kind::ReadPipe {
+        let Some(quiet) = self.kind.quiet_errno else {
             return Ok(true);
-        }
+        };
         let errno = exc.value(py).getattr("errno")?;
-        Ok(!errno.is_none() && errno.extract::<i32>()? == libc::EIO)
+        Ok(!errno.is_none() && errno.extract::<i32>()? == quiet)
     }
 
     /// CPython: `_SelectorTransport._fatal_error` (and the pipe transports').
@@ -464,14 +481,14 @@ impl Transport {
         Self::force_close(slf, Some(exc.into_value(py).into_any()))
     }
 
-    /// CPython: `_SelectorTransport._force_close` (a pipe's `_close`, which has no
-    /// `_conn_lost` guard: writes dropped while a closing pipe flushes count there).
+    /// CPython: `_SelectorTransport._force_close` (a pipe's `_close`: see
+    /// `force_close_guarded`).
     pub(super) fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (had_buffer, was_closing, dropped) = {
             let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 && !this.kind.is_pipe() {
+            if st.conn_lost > 0 && this.kind.force_close_guarded {
                 return Ok(());
             }
             let dropped = std::mem::take(&mut st.buffer);
@@ -486,9 +503,7 @@ impl Transport {
         if had_buffer {
             this.unwatch(py, Direction::Write)?;
         }
-        // A pipe's `_close` always removes the reader (a closing write pipe still
-        // watches for its reader's close while it flushes).
-        if !was_closing || this.kind.is_pipe() {
+        if !was_closing || !this.kind.force_close_guarded {
             this.unwatch(py, Direction::Read)?;
         }
         this.schedule_connection_lost(slf, exc.unwrap_or_else(|| py.None()))
@@ -525,7 +540,7 @@ impl Transport {
     }
 
     fn repr(&self, py: Python<'_>) -> String {
-        let mut info = vec![self.kind.class_name().to_owned()];
+        let mut info = vec![self.kind.class_name.to_owned()];
         if !self.has_socket(py) {
             info.push("closed".to_owned());
         } else if self.is_closing(py) {
@@ -533,36 +548,22 @@ impl Transport {
         }
         info.push(format!("fd={}", self.fd));
         let live_loop = self.event_loop(py).filter(|l| !l.get().closed());
-        let polling = |direction| match &live_loop {
-            Some(lp) if lp.get().is_watching(py, self.fd, direction) => "polling",
-            _ => "idle",
-        };
-        if self.kind.is_pipe() {
-            // unix_events: the pipe's direction only, and "open"/"closed" without a
-            // selector.
-            let direction = match self.kind {
-                Kind::ReadPipe => Direction::Read,
-                _ => Direction::Write,
-            };
-            if !self.has_socket(py) {
-                info.push("closed".to_owned());
-            } else if live_loop.is_none() {
-                info.push("open".to_owned());
-            } else {
-                info.push(polling(direction).to_owned());
-                if self.kind == Kind::WritePipe {
-                    info.push(format!("bufsize={}", self.get_write_buffer_size(py)));
-                }
-            }
-        } else if live_loop.is_some() {
-            info.push(format!("read={}", polling(Direction::Read)));
-            info.push(format!(
-                "write=<{}, bufsize={}>",
-                polling(Direction::Write),
-                self.get_write_buffer_size(py)
-            ));
-        }
+        (self.kind.repr_tail)(self, py, live_loop.as_ref(), &mut info);
         format!("<{}>", info.join(" "))
+    }
+
+    /// A repr's word for the watch in `direction`.
+    pub(super) fn polling(
+        &self,
+        py: Python<'_>,
+        lp: &Bound<'_, LoopCore>,
+        direction: Direction,
+    ) -> &'static str {
+        if lp.get().is_watching(py, self.fd, direction) {
+            "polling"
+        } else {
+            "idle"
+        }
     }
 }
 
@@ -940,8 +941,7 @@ impl Drop for Transport {
             }
             let message = format!(
                 "unclosed transport <{} fd={}>",
-                self.kind.class_name(),
-                self.fd
+                self.kind.class_name, self.fd
             );
             let warned = py::warn(py).and_then(|warn| {
                 warn.call1((

@@ -18,7 +18,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::base::{is_exit, is_retry, Kind, Transport};
+use super::base::{is_exit, is_retry, KindRules, Transport, WriteCall};
 use super::flow::Chunk;
 use super::watch::ReadyFns;
 use super::MAX_SIZE;
@@ -306,7 +306,7 @@ impl DatagramTransport {
                 .call1((event_loop, sock, protocol, address, waiter, extra));
         }
         let address = address.filter(|a| !a.is_none());
-        let base = Transport::new(Kind::Datagram, sock, extra, None, address, None)?;
+        let base = Transport::new(&DATAGRAM, sock, extra, None, address, None)?;
         let connected = match base.extra_item(py, "peername")? {
             Some(peer) => peer.is_truthy()?,
             None => false,
@@ -523,4 +523,19 @@ impl DatagramTransport {
 static DATAGRAM_READY: ReadyFns = ReadyFns {
     read: ("_read_ready", native!(DatagramTransport, _read_ready)),
     write: Some(("_sendto_ready", native!(DatagramTransport, _sendto_ready))),
+};
+
+/// CPython: `selector_events._SelectorDatagramTransport`: `_SelectorTransport`'s
+/// rules, as for a stream socket.
+static DATAGRAM: KindRules = KindRules {
+    class_name: "_SelectorDatagramTransport",
+    in_loop_transports: true,
+    owns_fd: false,
+    // Not used: `sendto` has its own path (`sock.sendto`/`sock.send`).
+    write_call: WriteCall::Send,
+    // `sendto`, once `_conn_lost` reaches `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+    lost_write_warning: "socket.send() raised exception.",
+    quiet_errno: None,
+    force_close_guarded: true,
+    repr_tail: super::stream::selector_repr_tail,
 };

@@ -11,6 +11,7 @@ use pyo3::types::PyDict;
 
 use super::base::{Kind, Transport};
 use super::lazy_socket::UnmadeSocket;
+use super::stream::SOCKET;
 use crate::gil::GilCell;
 use crate::py;
 use crate::sockaddr::{CompactAddr, SockAddr};
@@ -186,10 +187,10 @@ impl Transport {
         let pending = unsafe { PendingExtra::read(sock, raw, false, accepted_peer) };
         let Some(pending) = pending else {
             let sock = unmade.make(py, fd)?;
-            return Self::new(Kind::Socket, &sock, None, server, None, Some(peer));
+            return Self::new(&SOCKET, &sock, None, server, None, Some(peer));
         };
         let fd = fd.into_raw_fd();
-        let mut this = Self::from_parts(Kind::Socket, fd, None, None, server, None);
+        let mut this = Self::from_parts(&SOCKET, fd, None, None, server, None);
         this.unmade = GilCell::new(Some(unmade));
         this.pending_extra = GilCell::new(Some(Box::new(pending)));
         Ok(this)

@@ -12,7 +12,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyMemoryView};
 
-use super::base::{is_exit, is_retry, Transport};
+use super::base::{is_exit, is_retry, Transport, WriteCall};
 use crate::errors::os_error;
 use crate::event_loop::Direction;
 
@@ -133,8 +133,8 @@ impl Transport {
     }
 
     /// A stream's or write pipe's `write` once its checks passed: with data already
-    /// `buffered`, append behind it; otherwise send at once (`send` on a socket,
-    /// `write` on a pipe), and buffer only what the kernel did not take, watching
+    /// `buffered`, append behind it; otherwise send at once (the kind's
+    /// `write_call`), and buffer only what the kernel did not take, watching
     /// for writability. A failed send is fatal with `message`.
     #[inline(always)]
     pub(super) fn send_or_buffer(
@@ -148,18 +148,15 @@ impl Transport {
         let raw = bytes.as_bytes();
         let mut sent = 0;
         if !buffered {
-            let method = if this.kind.is_pipe() { "write" } else { "send" };
+            let call = this.kind.write_call;
             let Some(fd) = this.owned_fd(py) else {
-                return Self::fatal_error(slf, this.fd_gone_error(py, method), message);
+                return Self::fatal_error(slf, this.fd_gone_error(py, call.method()), message);
             };
             // SAFETY: `fd` is owned: `owned_fd` just now, and no Python code ran
             // since.
-            let n = unsafe { sys::borrow(fd) }.and_then(|fd| {
-                if this.kind.is_pipe() {
-                    sys::write(fd, raw)
-                } else {
-                    sys::send(fd, raw, libc::MSG_NOSIGNAL)
-                }
+            let n = unsafe { sys::borrow(fd) }.and_then(|fd| match call {
+                WriteCall::Write => sys::write(fd, raw),
+                WriteCall::Send => sys::send(fd, raw, libc::MSG_NOSIGNAL),
             });
             match n {
                 Ok(n) if n == raw.len() => return Ok(()),

@@ -3,10 +3,11 @@
 //!
 //! Mirror `Lib/asyncio/unix_events.py::_UnixReadPipeTransport` and
 //! `_UnixWritePipeTransport` (CPython 3.11). They share the selector transports'
-//! base (`base.rs`), whose kind-specific rules cover where asyncio's pipe classes
-//! differ: `extra` holds `pipe`, the pipes are not in `loop._transports`, a read
-//! pipe reports `OSError`s other than `EIO` to the exception handler, `_close` has no
-//! `_conn_lost` guard, and the reprs and the dropped-write warning read differently.
+//! base (`base.rs`); where asyncio's pipe classes differ, their rules
+//! (`READ_PIPE`, `WRITE_PIPE` below) say so: `extra` holds `pipe`, the pipes are
+//! not in `loop._transports`, a read pipe reports `OSError`s other than `EIO` to
+//! the exception handler, `_close` has no `_conn_lost` guard, and the reprs and the
+//! dropped-write warning read differently.
 //!
 //! They have a `__dict__`, as asyncio's Python classes do: CPython's subprocess tests
 //! (and users) replace their methods on the instance.
@@ -28,7 +29,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::base::{is_retry, Kind, Transport};
+use super::base::{is_retry, KindRules, Transport, WriteCall};
 use super::watch::ReadyFns;
 use super::MAX_SIZE;
 use crate::errors::os_error;
@@ -105,7 +106,7 @@ impl ReadPipeTransport {
             &[libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR],
             "Pipe transport is for pipes/sockets only.",
         )?;
-        let base = Transport::new_pipe(Kind::ReadPipe, pipe, fd, extra)?;
+        let base = Transport::new_pipe(&READ_PIPE, pipe, fd, extra)?;
         Transport::create(
             base,
             Self,
@@ -236,7 +237,7 @@ impl WritePipeTransport {
             &[libc::S_IFCHR, libc::S_IFIFO, libc::S_IFSOCK],
             "Pipe transport is only for pipes, sockets and character devices",
         )?;
-        let base = Transport::new_pipe(Kind::WritePipe, pipe, fd, extra)?;
+        let base = Transport::new_pipe(&WRITE_PIPE, pipe, fd, extra)?;
         // Readable means the reader went away; a character device never says so.
         let watch_reader = file_type != libc::S_IFCHR;
         Transport::create(
@@ -391,3 +392,82 @@ static WRITE_PIPE_READY: ReadyFns = ReadyFns {
     read: ("_read_ready", native!(WritePipeTransport, _read_ready)),
     write: Some(("_write_ready", native!(WritePipeTransport, _write_ready))),
 };
+
+/// CPython: `unix_events._UnixReadPipeTransport`.
+static READ_PIPE: KindRules = KindRules {
+    class_name: "_UnixReadPipeTransport",
+    // asyncio does not register pipes in `loop._transports`.
+    in_loop_transports: false,
+    // `os.read(self._fileno, ...)`: the fd number, not the pipe object's methods.
+    owns_fd: true,
+    // Not used: a read pipe does not write.
+    write_call: WriteCall::Write,
+    lost_write_warning: PIPE_LOST_WRITE,
+    // `_fatal_error`: only `EIO` (a pty whose other side closed) is quiet.
+    quiet_errno: Some(libc::EIO),
+    // `_close`: no `_conn_lost` guard, always `_remove_reader`.
+    force_close_guarded: false,
+    repr_tail: read_pipe_repr_tail,
+};
+
+/// CPython: `unix_events._UnixWritePipeTransport`.
+static WRITE_PIPE: KindRules = KindRules {
+    class_name: "_UnixWritePipeTransport",
+    in_loop_transports: false,
+    // `os.write(self._fileno, data)`.
+    owns_fd: true,
+    write_call: WriteCall::Write,
+    lost_write_warning: PIPE_LOST_WRITE,
+    // `_fatal_error`: `if isinstance(exc, OSError)`, a debug log only.
+    quiet_errno: None,
+    // `_close`: no `_conn_lost` guard (writes dropped while a closing pipe flushes
+    // count there), and always `_remove_reader` (a closing write pipe still
+    // watches for its reader's close while it flushes).
+    force_close_guarded: false,
+    repr_tail: write_pipe_repr_tail,
+};
+
+/// `_UnixWritePipeTransport.write`, once `_conn_lost` reaches
+/// `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const PIPE_LOST_WRITE: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
+
+/// CPython: the pipe transports' `__repr__` after `fd=`: the one direction they
+/// watch, "open"/"closed" without a selector. True when it asked the loop.
+fn pipe_repr_tail(
+    this: &Transport,
+    py: Python<'_>,
+    lp: Option<&Bound<'_, LoopCore>>,
+    direction: Direction,
+    info: &mut Vec<String>,
+) -> bool {
+    match lp {
+        _ if !this.sock.is_some(py) => info.push("closed".to_owned()),
+        None => info.push("open".to_owned()),
+        Some(lp) => {
+            info.push(this.polling(py, lp, direction).to_owned());
+            return true;
+        }
+    }
+    false
+}
+
+fn read_pipe_repr_tail(
+    this: &Transport,
+    py: Python<'_>,
+    lp: Option<&Bound<'_, LoopCore>>,
+    info: &mut Vec<String>,
+) {
+    pipe_repr_tail(this, py, lp, Direction::Read, info);
+}
+
+/// A write pipe adds its `bufsize` where it shows its watch.
+fn write_pipe_repr_tail(
+    this: &Transport,
+    py: Python<'_>,
+    lp: Option<&Bound<'_, LoopCore>>,
+    info: &mut Vec<String>,
+) {
+    if pipe_repr_tail(this, py, lp, Direction::Write, info) {
+        info.push(format!("bufsize={}", this.get_write_buffer_size(py)));
+    }
+}

@@ -19,7 +19,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
-use super::base::{is_exit, is_retry, Kind, Transport};
+use super::base::{is_exit, is_retry, KindRules, Transport, WriteCall};
 use super::lazy_socket::UnmadeSocket;
 use super::ssl::SslProtocol;
 use super::watch::ReadyFns;
@@ -264,7 +264,7 @@ impl StreamTransport {
                 .call1((event_loop, sock, protocol, waiter, extra, server));
         }
         let server = server.filter(|s| !s.is_none());
-        let base = Transport::new(Kind::Socket, sock, extra, server, None, peer)?;
+        let base = Transport::new(&SOCKET, sock, extra, server, None, peer)?;
         Self::set_nodelay(sock)?;
         Transport::create(
             base,
@@ -567,3 +567,40 @@ static STREAM_READY: ReadyFns = ReadyFns {
     read: ("_read_ready", native!(StreamTransport, _read_ready)),
     write: Some(("_write_ready", native!(StreamTransport, _write_ready))),
 };
+
+/// CPython: `selector_events._SelectorSocketTransport` and its base
+/// `_SelectorTransport`.
+pub(super) static SOCKET: KindRules = KindRules {
+    class_name: "_SelectorSocketTransport",
+    // `__init__`: `self._loop._transports[self._sock_fd] = self`.
+    in_loop_transports: true,
+    // `self._sock.send(...)`, `self._sock.recv(...)`: through the socket object.
+    owns_fd: false,
+    write_call: WriteCall::Send,
+    // `write`, once `_conn_lost` reaches `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+    lost_write_warning: "socket.send() raised exception.",
+    // `_fatal_error`: `if isinstance(exc, OSError)`, a debug log only.
+    quiet_errno: None,
+    // `_force_close`: `if self._conn_lost: return`, and `_remove_reader` only
+    // `if not self._closing`.
+    force_close_guarded: true,
+    repr_tail: selector_repr_tail,
+};
+
+/// CPython: `_SelectorTransport.__repr__` after `fd=`: both watches and the
+/// buffer, while the loop is open.
+pub(super) fn selector_repr_tail(
+    this: &Transport,
+    py: Python<'_>,
+    lp: Option<&Bound<'_, LoopCore>>,
+    info: &mut Vec<String>,
+) {
+    if let Some(lp) = lp {
+        info.push(format!("read={}", this.polling(py, lp, Direction::Read)));
+        info.push(format!(
+            "write=<{}, bufsize={}>",
+            this.polling(py, lp, Direction::Write),
+            this.get_write_buffer_size(py)
+        ));
+    }
+}
