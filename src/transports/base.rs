@@ -35,9 +35,11 @@ use crate::gil::{GilCell, GilRefCell};
 
 use crate::py;
 
+use super::datagram::DatagramState;
 use super::extra::PendingExtra;
 use super::flow::{threshold, Chunk, WaterMarks};
 use super::lazy_socket::UnmadeSocket;
+use super::stream::StreamState;
 use super::watch::ReadyFns;
 
 /// CPython: `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -115,12 +117,33 @@ pub(super) struct TransportState {
     pub buffer: VecDeque<Chunk>,
     pub head_sent: usize,
     pub buffer_size: usize,
-    /// Stream: `write_eof()` was called.
-    pub eof: bool,
-    /// Stream: the future `sendfile` waits on for the buffer to drain.
-    pub empty_waiter: Option<Py<PyAny>>,
-    /// Datagram: the connected remote address (`remote_addr=`).
-    pub address: Option<Py<PyAny>>,
+    pub kind_state: KindState,
+}
+
+/// The state only one kind of transport has; each is defined in its kind's file.
+pub(super) enum KindState {
+    Stream(StreamState),
+    Datagram(DatagramState),
+    Pipe,
+}
+
+impl KindState {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::Stream(stream) => visit.call(&stream.empty_waiter),
+            Self::Datagram(datagram) => visit.call(&datagram.address),
+            Self::Pipe => Ok(()),
+        }
+    }
+
+    /// Takes the Python objects out, to be dropped by the caller outside any borrow.
+    fn take_objects(&mut self) -> Option<Py<PyAny>> {
+        match self {
+            Self::Stream(stream) => stream.empty_waiter.take(),
+            Self::Datagram(datagram) => datagram.address.take(),
+            Self::Pipe => None,
+        }
+    }
 }
 
 #[pyclass(
@@ -183,7 +206,7 @@ impl Transport {
             Some(pipe),
             Some(extra),
             None,
-            None,
+            KindState::Pipe,
         ))
     }
 
@@ -193,7 +216,7 @@ impl Transport {
         sock: Option<&Bound<'_, PyAny>>,
         extra: Option<Bound<'_, PyDict>>,
         server: Option<&Bound<'_, PyAny>>,
-        address: Option<&Bound<'_, PyAny>>,
+        kind_state: KindState,
     ) -> Self {
         Self {
             event_loop: GilCell::new(None),
@@ -222,9 +245,7 @@ impl Transport {
                 buffer: VecDeque::new(),
                 head_sent: 0,
                 buffer_size: 0,
-                eof: false,
-                empty_waiter: None,
-                address: address.map(|a| a.clone().unbind()),
+                kind_state,
             }),
         }
     }
@@ -894,8 +915,7 @@ impl Transport {
         if let Some(st) = unsafe { self.state.try_get_for_gc() } {
             visit.call(&st.protocol)?;
             visit.call(&st.server)?;
-            visit.call(&st.empty_waiter)?;
-            visit.call(&st.address)?;
+            st.kind_state.traverse(&visit)?;
             if let Some(m) = &st.marks {
                 visit.call(&m.high)?;
                 visit.call(&m.low)?;
@@ -920,8 +940,7 @@ impl Transport {
             // holds its clients weakly, so it cannot keep a cycle alive.
             (
                 st.protocol.take(),
-                st.empty_waiter.take(),
-                st.address.take(),
+                st.kind_state.take_objects(),
                 st.marks.take(),
             )
         };

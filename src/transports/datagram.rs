@@ -18,7 +18,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::base::{is_exit, is_retry, KindRules, Transport, WriteCall};
+use super::base::{is_exit, is_retry, KindRules, KindState, Transport, TransportState, WriteCall};
 use super::flow::Chunk;
 use super::watch::ReadyFns;
 use super::MAX_SIZE;
@@ -34,6 +34,21 @@ const DATAGRAMS_PER_EVENT: usize = 32;
 struct Peer {
     addr: Py<PyAny>,
     raw: SockAddr,
+}
+
+/// A datagram transport's own state (`TransportState::kind_state`).
+pub(super) struct DatagramState {
+    /// The connected remote address (`remote_addr=`).
+    pub(super) address: Option<Py<PyAny>>,
+}
+
+impl TransportState {
+    fn datagram_address(&self) -> Option<&Py<PyAny>> {
+        match &self.kind_state {
+            KindState::Datagram(datagram) => datagram.address.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 #[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "DatagramTransport")]
@@ -306,7 +321,16 @@ impl DatagramTransport {
                 .call1((event_loop, sock, protocol, address, waiter, extra));
         }
         let address = address.filter(|a| !a.is_none());
-        let base = Transport::new(&DATAGRAM, sock, extra, None, address, None)?;
+        let base = Transport::new(
+            &DATAGRAM,
+            sock,
+            extra,
+            None,
+            KindState::Datagram(DatagramState {
+                address: address.map(|a| a.clone().unbind()),
+            }),
+            None,
+        )?;
         let connected = match base.extra_item(py, "peername")? {
             Some(peer) => peer.is_truthy()?,
             None => false,
@@ -409,8 +433,7 @@ impl DatagramTransport {
         let address = this
             .state
             .borrow_mut(py)
-            .address
-            .as_ref()
+            .datagram_address()
             .map(|a| a.clone_ref(py).into_bound(py));
         let mut addr = addr.filter(|a| !a.is_none());
         if let Some(address) = address.filter(|a| a.is_truthy().unwrap_or(true)) {
@@ -507,8 +530,7 @@ impl DatagramTransport {
             .get()
             .state
             .borrow_mut(py)
-            .address
-            .as_ref()
+            .datagram_address()
             .map(|a| a.clone_ref(py))
     }
 

@@ -9,9 +9,10 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::base::KindState;
 use super::base::{Kind, Transport};
 use super::lazy_socket::UnmadeSocket;
-use super::stream::SOCKET;
+use super::stream::{StreamState, SOCKET};
 use crate::gil::GilCell;
 use crate::py;
 use crate::sockaddr::{CompactAddr, SockAddr};
@@ -126,7 +127,7 @@ impl Transport {
         sock: &Bound<'_, PyAny>,
         extra: Option<Bound<'_, PyDict>>,
         server: Option<&Bound<'_, PyAny>>,
-        address: Option<&Bound<'_, PyAny>>,
+        kind_state: KindState,
         accepted_raw: Option<&[u8]>,
     ) -> PyResult<Self> {
         let py = sock.py();
@@ -164,7 +165,7 @@ impl Transport {
         }
         // Nothing in the dict yet when lazy: it is made with its entries on first use.
         let extra = (!lazy).then_some(extra);
-        let mut this = Self::from_parts(kind, fd, Some(sock), extra, server, address);
+        let mut this = Self::from_parts(kind, fd, Some(sock), extra, server, kind_state);
         this.pending_extra = GilCell::new(pending.map(Box::new));
         Ok(this)
     }
@@ -187,10 +188,18 @@ impl Transport {
         let pending = unsafe { PendingExtra::read(sock, raw, false, accepted_peer) };
         let Some(pending) = pending else {
             let sock = unmade.make(py, fd)?;
-            return Self::new(&SOCKET, &sock, None, server, None, Some(peer));
+            let state = KindState::Stream(StreamState::default());
+            return Self::new(&SOCKET, &sock, None, server, state, Some(peer));
         };
         let fd = fd.into_raw_fd();
-        let mut this = Self::from_parts(&SOCKET, fd, None, None, server, None);
+        let mut this = Self::from_parts(
+            &SOCKET,
+            fd,
+            None,
+            None,
+            server,
+            KindState::Stream(StreamState::default()),
+        );
         this.unmade = GilCell::new(Some(unmade));
         this.pending_extra = GilCell::new(Some(Box::new(pending)));
         Ok(this)

@@ -19,7 +19,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView};
 
-use super::base::{is_exit, is_retry, KindRules, Transport, WriteCall};
+use super::base::{is_exit, is_retry, KindRules, KindState, Transport, TransportState, WriteCall};
 use super::lazy_socket::UnmadeSocket;
 use super::ssl::SslProtocol;
 use super::watch::ReadyFns;
@@ -31,6 +31,39 @@ use crate::py;
 
 #[pyclass(extends = Transport, frozen, dict, module = "oxloop._oxloop", name = "SocketTransport")]
 pub struct StreamTransport;
+
+/// A stream's own state (`TransportState::kind_state`).
+#[derive(Default)]
+pub(super) struct StreamState {
+    /// `write_eof()` was called.
+    pub(super) eof: bool,
+    /// The future `sendfile` waits on for the buffer to drain.
+    pub(super) empty_waiter: Option<Py<PyAny>>,
+}
+
+/// What a transport of another kind reads as its stream state: none of it set.
+static NO_STREAM: StreamState = StreamState {
+    eof: false,
+    empty_waiter: None,
+};
+
+impl TransportState {
+    fn stream(&self) -> &StreamState {
+        match &self.kind_state {
+            KindState::Stream(stream) => stream,
+            _ => &NO_STREAM,
+        }
+    }
+
+    fn stream_mut(&mut self) -> &mut StreamState {
+        match &mut self.kind_state {
+            KindState::Stream(stream) => stream,
+            // Every stream transport is made with its stream state (`_create`,
+            // `create_accepted`); only their methods get here.
+            _ => unreachable!("a stream transport without its stream state"),
+        }
+    }
+}
 
 impl StreamTransport {
     /// CPython: `base_events._set_nodelay` (TCP only), reading the socket's family,
@@ -264,7 +297,14 @@ impl StreamTransport {
                 .call1((event_loop, sock, protocol, waiter, extra, server));
         }
         let server = server.filter(|s| !s.is_none());
-        let base = Transport::new(&SOCKET, sock, extra, server, None, peer)?;
+        let base = Transport::new(
+            &SOCKET,
+            sock,
+            extra,
+            server,
+            KindState::Stream(StreamState::default()),
+            peer,
+        )?;
         Self::set_nodelay(sock)?;
         Transport::create(
             base,
@@ -354,12 +394,12 @@ impl StreamTransport {
         };
         let buffered = {
             let st = this.state.borrow_mut(py);
-            if st.eof {
+            if st.stream().eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
                 ));
             }
-            if st.empty_waiter.is_some() {
+            if st.stream().empty_waiter.is_some() {
                 return Err(PyRuntimeError::new_err(
                     "unable to write; sendfile is in progress",
                 ));
@@ -405,6 +445,7 @@ impl StreamTransport {
                 let waiter = this
                     .state
                     .borrow_mut(py)
+                    .stream()
                     .empty_waiter
                     .as_ref()
                     .map(|w| w.clone_ref(py));
@@ -427,9 +468,9 @@ impl StreamTransport {
                     let st = this.state.borrow_mut(py);
                     (
                         st.buffer.is_empty(),
-                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                        st.stream().empty_waiter.as_ref().map(|w| w.clone_ref(py)),
                         st.closing,
-                        st.eof,
+                        st.stream().eof,
                     )
                 };
                 if !empty {
@@ -461,12 +502,12 @@ impl StreamTransport {
             // Its own checks first, before the items are looked at.
             {
                 let st = slf.as_super().get().state.borrow_mut(py);
-                if st.eof {
+                if st.stream().eof {
                     return Err(PyRuntimeError::new_err(
                         "Cannot call writelines() after write_eof()",
                     ));
                 }
-                if st.empty_waiter.is_some() {
+                if st.stream().empty_waiter.is_some() {
                     return Err(PyRuntimeError::new_err(
                         "unable to writelines; sendfile is in progress",
                     ));
@@ -496,10 +537,10 @@ impl StreamTransport {
         let this = slf.as_super().get();
         let empty = {
             let mut st = this.state.borrow_mut(slf.py());
-            if st.closing || st.eof {
+            if st.closing || st.stream().eof {
                 return Ok(());
             }
-            st.eof = true;
+            st.stream_mut().eof = true;
             st.buffer.is_empty()
         };
         if empty {
@@ -515,7 +556,7 @@ impl StreamTransport {
     fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.as_super().get();
-        if this.state.borrow_mut(py).empty_waiter.is_some() {
+        if this.state.borrow_mut(py).stream().empty_waiter.is_some() {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }
         let lp = this
@@ -524,7 +565,7 @@ impl StreamTransport {
         let waiter = lp.call_method0("create_future")?;
         let empty = {
             let mut st = this.state.borrow_mut(py);
-            st.empty_waiter = Some(waiter.clone().unbind());
+            st.stream_mut().empty_waiter = Some(waiter.clone().unbind());
             st.buffer.is_empty()
         };
         if empty {
@@ -539,6 +580,7 @@ impl StreamTransport {
             .get()
             .state
             .borrow_mut(slf.py())
+            .stream_mut()
             .empty_waiter
             .take();
         drop(old);
