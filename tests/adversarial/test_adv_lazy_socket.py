@@ -16,6 +16,14 @@ import pytest
 from _net import TIMEOUT, open_fds, run
 
 
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
 async def _serve(loop, protocol_factory):
     server = await loop.create_server(protocol_factory, '127.0.0.1', 0)
     return server, server.sockets[0].getsockname()[1]
@@ -34,7 +42,7 @@ async def _echo_once(port: int, payload: bytes = b'ping') -> bytes:
 def test_sock_and_extra_socket_are_one_object(loop, first):
     seen: list[object] = []
 
-    class Probe(asyncio.Protocol):
+    class Probe(Echo):
         def connection_made(self, transport):
             if first == 'sock':
                 sock = transport._sock
@@ -47,9 +55,6 @@ def test_sock_and_extra_socket_are_one_object(loop, first):
             seen.append(sock.fileno() == transport._sock_fd)
             seen.append(sock.gettimeout())
             self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
 
     async def main():
         server, port = await _serve(loop, Probe)
@@ -157,13 +162,6 @@ def test_buffered_protocol_on_accepted_connections(loop):
 def test_protocol_factory_failure_leaves_no_fd_open(loop):
     calls = 0
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     def factory():
         nonlocal calls
         calls += 1
@@ -204,13 +202,6 @@ def test_protocol_factory_failure_leaves_no_fd_open(loop):
 
 
 def test_churn_leaves_no_fd_open(loop):
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
     async def main():
         server, port = await _serve(loop, Echo)
         try:
