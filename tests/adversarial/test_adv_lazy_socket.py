@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 import warnings
 
@@ -267,3 +268,79 @@ def test_closed_transport_never_touches_a_reused_number(loop):
     assert stray == []
     # The check means something only when the number was reused; it is on Linux.
     assert reused
+
+
+# LoopCore._accept_batch takes over _accept_many's bare fds: whatever fails before a
+# transport owns one, no fd is left open and none is closed twice. oxloop's own
+# private method (the stdlib loop has no counterpart), called here directly.
+
+
+def _bare_fd() -> tuple[int, socket.socket]:
+    """An fd of a connected Unix stream socket, detached from its object, and the peer."""
+    mine, peer = socket.socketpair()
+    return mine.detach(), peer
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    'accepted, error',
+    [([(-1, b'')], ValueError), ([('x', b'')], TypeError), ([(3, 'not bytes')], TypeError)],
+)
+def test_accept_batch_refuses_bad_entries_before_running_anything(accepted, error):
+    from conftest import new_loop
+
+    loop = new_loop('oxloop')
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    called = []
+    try:
+        with pytest.raises(error):
+            loop._accept_batch(lambda: called.append(1), accepted, None, listener)
+    finally:
+        listener.close()
+        loop.close()
+    assert called == []
+
+
+@pytest.mark.parametrize('failing', ['report', 'factory'])
+def test_accept_batch_closes_the_fds_it_could_not_give_away(failing):
+    from conftest import new_loop
+
+    loop = new_loop('oxloop')
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds, peers = zip(*(_bare_fd() for _ in range(3)), strict=True)
+
+    def fail():
+        raise RuntimeError('no')
+
+    def factory():
+        if failing == 'factory':
+            fail()
+        return asyncio.Protocol()
+
+    report = fail if failing == 'report' else None
+    try:
+        with warnings.catch_warnings():
+            # A failed factory's connection is a socket dropped unclosed, as asyncio's.
+            warnings.simplefilter('ignore', ResourceWarning)
+            if failing == 'report':
+                with pytest.raises(RuntimeError):
+                    loop._accept_batch(factory, [(fd, b'') for fd in fds], None, listener, report)
+            else:
+                loop._accept_batch(factory, [(fd, b'') for fd in fds], None, listener, report)
+            gc.collect()
+        assert [_is_open(fd) for fd in fds] == [False] * 3
+        for peer in peers:
+            peer.settimeout(5)
+            assert peer.recv(10) == b''  # the other end was closed
+    finally:
+        for peer in peers:
+            peer.close()
+        listener.close()
+        loop.close()
