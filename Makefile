@@ -39,8 +39,8 @@ build-prod: $(STAMP) ## build the extension in release mode into .venv
 .PHONY: format
 format: $(STAMP) ## format Rust and Python sources
 	cargo fmt --all
-	ruff format python tests benches tools
-	ruff check --fix python tests benches tools
+	ruff format python tests benches tools examples
+	ruff check --fix python tests benches tools examples
 
 .PHONY: lint-rust
 lint-rust: $(STAMP) sys-deps ## cargo fmt --check and clippy -D warnings
@@ -49,8 +49,8 @@ lint-rust: $(STAMP) sys-deps ## cargo fmt --check and clippy -D warnings
 
 .PHONY: lint-python
 lint-python: $(STAMP) ## ruff, and stubtest for the .pyi stubs (needs the built extension)
-	ruff check python tests benches tools
-	ruff format --check python tests benches tools
+	ruff check python tests benches tools examples
+	ruff format --check python tests benches tools examples
 	$(PY) -m mypy.stubtest oxloop._oxloop --allowlist .mypy-stubtest-allowlist
 
 .PHONY: lint

@@ -39,7 +39,7 @@ from _common import aa_name, machine_info, pick_baseline
 
 clock = time.perf_counter  # what the benchmark bodies time with
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
-ALL_LOOPS = ('oxloop', 'uvloop', 'uvloop#2', 'rloop', 'asyncio')
+ALL_LOOPS = ('oxloop', 'oxloop+timing', 'uvloop', 'uvloop#2', 'rloop', 'asyncio')
 MEASUREMENT_TIMEOUT = 60.0  # seconds; SIGALRM, then faulthandler kills the process at twice that
 
 
@@ -59,7 +59,7 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
     notes: list[str] = []
     info: dict[str, Any] = {}
     available: dict[str, tuple[Callable[[], asyncio.AbstractEventLoop], str]] = {}
-    if 'oxloop' in wanted:
+    if 'oxloop' in wanted or 'oxloop+timing' in wanted:
         try:
             import oxloop
 
@@ -69,6 +69,15 @@ def discover(wanted: list[str]) -> tuple[list[Contestant], list[str], dict[str, 
             info['oxloop'] = {'version': getattr(oxloop, '__version__', None), 'build_profile': profile}
             if profile != 'release':
                 notes.append(f'oxloop build profile is {profile!r}: its numbers say nothing about speed (make bench)')
+            if 'oxloop+timing' in wanted:
+                # oxloop with every callback timed (oxloop.time_callbacks): what the
+                # one metric that needs a clock per callback costs when it is on.
+                def timed_loop() -> asyncio.AbstractEventLoop:
+                    loop = oxloop.new_event_loop()
+                    oxloop.time_callbacks(loop)
+                    return loop
+
+                available['oxloop+timing'] = (timed_loop, available['oxloop'][1])
         except Exception as exc:  # noqa: BLE001 - any failure means: run without it
             notes.append(f'oxloop unavailable, skipped: {type(exc).__name__}: {exc}')
     if any(name.startswith('uvloop') for name in wanted):

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     loops = args.loops.split(',')
     keep = Path(os.environ['OXLOOP_KEEP_CALLGRIND']) if os.environ.get('OXLOOP_KEEP_CALLGRIND') else None
     print(f'instructions per operation (callgrind, user space); python {sys.version.split()[0]}')
-    print(f'{"benchmark":<18}' + ''.join(f'{lp:>11}' for lp in loops) + '   oxloop/best-peer')
+    print(f'{"benchmark":<18}' + ''.join(f'{lp:>15}' for lp in loops) + '   oxloop/best-peer')
     for name in names:
         bench = micro.BENCH_BY_NAME[name]
         n = bench.size(SIZES.get(name, 10_000))
@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f'  {name} on {lp}: {type(exc).__name__}: {exc}', file=sys.stderr)
                 continue
             per_op[lp] = (high - low) / (n * bench.ops_per_n)
-        peers = [v for k, v in per_op.items() if k != 'oxloop']
+        # oxloop+timing is oxloop itself (with callback timing on), not a peer.
+        peers = [v for k, v in per_op.items() if not k.startswith('oxloop')]
         ratio = f'{per_op["oxloop"] / min(peers):.2f}' if 'oxloop' in per_op and peers else '-'
-        cells = ''.join(f'{per_op[lp]:>11,.0f}' if lp in per_op else f'{"ERR":>11}' for lp in loops)
+        cells = ''.join(f'{per_op[lp]:>15,.0f}' if lp in per_op else f'{"ERR":>15}' for lp in loops)
         print(f'{name:<18}{cells}   {ratio:>8}', flush=True)
     return 0
 

@@ -20,9 +20,23 @@ if not _compat.gil_enabled():
     raise ImportError('oxloop needs the GIL: unset PYTHON_GIL=0 (or -X gil=0) to use it on a free-threaded build')
 
 from ._loop import Loop
+from ._metrics import LagStats, LoopMetrics, SlowCallbacks, metrics, time_callbacks
 from ._oxloop import __version__, build_profile
 
-__all__ = ('EventLoopPolicy', 'Loop', '__version__', 'build_profile', 'install', 'new_event_loop', 'run')
+__all__ = (
+    'EventLoopPolicy',
+    'LagStats',
+    'Loop',
+    'LoopMetrics',
+    'SlowCallbacks',
+    '__version__',
+    'build_profile',
+    'install',
+    'metrics',
+    'new_event_loop',
+    'run',
+    'time_callbacks',
+)
 
 _T = TypeVar('_T')
 

@@ -14,6 +14,7 @@
 //! Invariant: `state` is never borrowed across a call into Python (see `gil.rs`).
 
 mod accept;
+pub(crate) mod metrics;
 pub(crate) mod readers;
 mod run;
 pub(crate) mod sock;
@@ -197,6 +198,10 @@ pub struct LoopCore {
     time_on_instance: AtomicBool,
     /// `type(loop).time` is not `LoopCore.time` (a subclass or a patched class).
     time_on_type: AtomicBool,
+    /// `oxloop.metrics(loop)`'s counters and lag window.
+    metrics: GilRefCell<metrics::Metrics>,
+    /// Each callback is timed for the slow-callback buckets (off until asked for).
+    time_callbacks: AtomicBool,
 }
 
 /// `(fileobj, fd, events, reader, writer)` as a `selectors.SelectorKey` holds them.
@@ -350,6 +355,24 @@ impl LoopCore {
             .borrow_mut(py)
             .ready
             .push_back(Ready::Handle(handle));
+    }
+
+    /// A native transport bound to this loop (`opened`) or let go of it, for
+    /// `metrics()`'s open transports.
+    pub(crate) fn count_transport(&self, py: Python<'_>, opened: bool) {
+        let mut m = self.metrics.borrow_mut(py);
+        m.transports_open = if opened {
+            m.transports_open + 1
+        } else {
+            m.transports_open.saturating_sub(1)
+        };
+    }
+
+    /// Bytes a native transport read from or wrote to its fd, for `metrics()`.
+    pub(crate) fn count_bytes(&self, py: Python<'_>, read: usize, written: usize) {
+        let mut m = self.metrics.borrow_mut(py);
+        m.bytes_read += read as u64;
+        m.bytes_written += written as u64;
     }
 
     /// Queues a native transport's work (as `call_soon` would queue its callback).
@@ -584,6 +607,8 @@ impl LoopCore {
             clock_resolution: clock::resolution(),
             time_on_instance: AtomicBool::new(false),
             time_on_type: AtomicBool::new(false),
+            metrics: GilRefCell::new(metrics::Metrics::default()),
+            time_callbacks: AtomicBool::new(false),
         })
     }
 
@@ -829,15 +854,56 @@ impl LoopCore {
     /// Runs iterations until `stop()`; `run_forever` (Python) sets up around it.
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        let py = slf.py();
         // Once per run: does the class override time()? (An instance attribute is
         // tracked by __setattr__.)
         Self::check_time_type(slf)?;
-        loop {
-            Self::run_once(slf)?;
-            if this.stopping.load(Ordering::Relaxed) {
-                return Ok(());
+        this.metrics.borrow_mut(py).run_started();
+        let ran = loop {
+            if let Err(err) = Self::run_once(slf) {
+                break Err(err);
             }
-        }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.metrics.borrow_mut(py).run_ended();
+        ran
+    }
+
+    /// `oxloop.metrics(loop)`'s raw snapshot, as a dict (see python/oxloop/_metrics.py).
+    fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let (fds, timers) = {
+            let st = self.state.borrow_mut(py);
+            (st.fds.len(), st.timers.len())
+        };
+        let cancelled = self.timer_cancelled_count.load(Ordering::Relaxed);
+        let m = self.metrics.borrow_mut(py);
+        let (samples, max, p50, p90, p99) = m.lag_summary();
+        let out = pyo3::types::PyDict::new(py);
+        out.set_item("iterations", m.iterations)?;
+        out.set_item("callbacks", m.callbacks)?;
+        out.set_item("poll_seconds", m.poll_seconds)?;
+        out.set_item("run_seconds", m.run_seconds())?;
+        out.set_item("lag", (samples, max, p50, p90, p99))?;
+        out.set_item("slow_callbacks", m.slow.to_vec())?;
+        out.set_item("slow_buckets", metrics::SLOW_BUCKETS.to_vec())?;
+        out.set_item(
+            "callback_timing",
+            self.time_callbacks.load(Ordering::Relaxed),
+        )?;
+        out.set_item("fds_watched", fds)?;
+        out.set_item("timers_pending", timers.saturating_sub(cancelled))?;
+        out.set_item("transports_open", m.transports_open)?;
+        out.set_item("bytes_read", m.bytes_read)?;
+        out.set_item("bytes_written", m.bytes_written)?;
+        Ok(out)
+    }
+
+    /// Times every callback for the slow-callback buckets (a clock read before
+    /// and after each), or stops.
+    fn _set_callback_timing(&self, on: bool) {
+        self.time_callbacks.store(on, Ordering::Relaxed);
     }
 
     /// One iteration, as asyncio's `_run_once` (called from Python when a

@@ -112,7 +112,12 @@ impl LoopCore {
                 Ok(0)
             };
             let polled = match polled {
-                Ok(0) => py.detach(|| this.poller.wait(&mut events, timeout)),
+                Ok(0) => {
+                    let blocked = std::time::Instant::now();
+                    let polled = py.detach(|| this.poller.wait(&mut events, timeout));
+                    this.metrics.borrow_mut(py).poll_seconds += blocked.elapsed().as_secs_f64();
+                    polled
+                }
                 other => other,
             };
             this.waker.set_sleeping(false);
@@ -180,25 +185,43 @@ impl LoopCore {
                 // CPython: a cancelled reader/writer found ready is unregistered.
                 removed.push(this.unwatch(st, fd, direction));
             }
+            let first_due = st.timers.peek_when().filter(|when| *when < end_time);
             while let Some(timer) = st.timers.pop_due(end_time) {
                 st.ready.push_back(Ready::Handle(timer.0));
             }
-            st.ready.len()
+            let now = end_time - this.clock_resolution;
+            let ntodo = st.ready.len();
+            this.metrics
+                .borrow_mut(py)
+                .iteration(now, !sleepy, first_due, ntodo);
+            ntodo
         };
         drop(removed);
 
-        for _ in 0..ntodo {
+        // `ntodo` callbacks were counted as run: those that are not are taken back.
+        let timing = this.time_callbacks.load(Ordering::Relaxed);
+        for done in 0..ntodo {
             let Some(entry) = this.state.borrow_mut(py).ready.pop_front() else {
+                this.not_run(py, ntodo - done);
                 break;
             };
+            let started = timing.then(std::time::Instant::now);
             let handle = match entry {
                 Ready::Handle(handle) => handle.into_bound(py),
                 Ready::Transport(transport, event) => {
-                    Self::run_transport_event(slf, transport.bind(py), event)?;
+                    let result = Self::run_transport_event(slf, transport.bind(py), event);
+                    if let Some(started) = started {
+                        this.timed(py, started);
+                    }
+                    if result.is_err() {
+                        this.not_run(py, ntodo - done - 1);
+                    }
+                    result?;
                     continue;
                 }
             };
             let result = if handle.get().is_cancelled() {
+                this.not_run(py, 1);
                 Ok(())
             } else if this.debug() {
                 Self::run_handle_debug(slf, &handle)
@@ -206,9 +229,33 @@ impl LoopCore {
                 Self::run_handle(slf, &handle)
             };
             Handle::release_ran(handle);
+            if let Some(started) = started {
+                this.timed(py, started);
+            }
+            if result.is_err() {
+                this.not_run(py, ntodo - done - 1);
+            }
             result?;
         }
         Ok(())
+    }
+
+    /// `count` callbacks counted as run in `metrics` were not (cancelled, or left
+    /// for the next iteration by an exception).
+    #[cold]
+    #[inline(never)]
+    fn not_run(&self, py: Python<'_>, count: usize) {
+        let mut m = self.metrics.borrow_mut(py);
+        m.callbacks = m.callbacks.saturating_sub(count as u64);
+    }
+
+    /// A callback timed from `started` (callback timing is on).
+    #[cold]
+    #[inline(never)]
+    fn timed(&self, py: Python<'_>, started: std::time::Instant) {
+        self.metrics
+            .borrow_mut(py)
+            .timed(started.elapsed().as_secs_f64());
     }
 
     /// A native transport's queued work, as the handle asyncio would have queued

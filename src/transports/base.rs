@@ -290,6 +290,8 @@ impl Transport {
         let this = slf.get();
         // Set once, when the object is made.
         let _ = this.ready_fns.set(ready_fns);
+        event_loop.get().count_transport(py, true);
+        this.let_go_of_loop(py);
         drop(
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
@@ -385,6 +387,23 @@ impl Transport {
             ));
         }
         os_error(&std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// Clears `_loop` (the transport is done with it), counting the transport out
+    /// of the loop's open ones; the loop is returned to be dropped by the caller.
+    pub(super) fn let_go_of_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        let lp = self.event_loop.replace(py, None);
+        if let Some(lp) = &lp {
+            lp.get().count_transport(py, false);
+        }
+        lp
+    }
+
+    /// Bytes read from or written to the fd, counted in the loop's metrics.
+    pub(super) fn count_bytes(&self, py: Python<'_>, read: usize, written: usize) {
+        if let Some(lp) = self.event_loop(py) {
+            lp.get().count_bytes(py, read, written);
+        }
     }
 
     /// Whether the transport still has its socket (or pipe), made or not yet:
@@ -826,7 +845,7 @@ impl Transport {
             (st.server.take(), st.protocol.take())
         };
         drop((sock, old));
-        drop(this.event_loop.replace(py, None));
+        this.let_go_of_loop(py);
         let contexts = this.watch_context.each_ref().map(|c| c.replace(py, None));
         drop(contexts);
         let detached = server.map_or(Ok(()), |s| py::server_detach(s.bind(py), slf));
@@ -932,7 +951,7 @@ impl Transport {
         let old = (
             self.pending_extra.replace(py, None),
             self.watch_context.each_ref().map(|c| c.replace(py, None)),
-            self.event_loop.replace(py, None),
+            self.let_go_of_loop(py),
         );
         let state = {
             let mut st = self.state.borrow_mut(py);
@@ -953,6 +972,7 @@ impl Drop for Transport {
         // CPython: _SelectorTransport.__del__ warns about an unclosed transport and
         // closes its socket. Dealloc runs with the GIL held.
         Python::attach(|py| {
+            drop(self.let_go_of_loop(py));
             let sock = self.sock.replace(py, None);
             let unmade = self.unmade.replace(py, None);
             if sock.is_none() && unmade.is_none() {

@@ -160,7 +160,10 @@ impl DatagramTransport {
                 }
             });
             let err = match n {
-                Ok(_) => return Ok(Sent::Done),
+                Ok(n) => {
+                    base.get().count_bytes(py, 0, n);
+                    return Ok(Sent::Done);
+                }
                 Err(err) => err,
             };
             return Ok(if is_retry(&err) {
@@ -231,7 +234,11 @@ impl DatagramTransport {
             };
             // `fd` is owned: `owned_fd` just now, no Python code before the recvfrom.
             match me.recv(py, fd) {
-                Ok((data, raw)) => me.address_object(py, &raw).map(|addr| (data, addr)),
+                Ok((data, raw)) => {
+                    let n = data.cast::<PyBytes>().map_or(0, |b| b.as_bytes().len());
+                    this.count_bytes(py, n, 0);
+                    me.address_object(py, &raw).map(|addr| (data, addr))
+                }
                 Err(e) if is_retry(&e) => return Ok(false),
                 Err(e) => {
                     return Self::error_received(base, protocol, os_error(&e)).map(|()| false)

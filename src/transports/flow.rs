@@ -74,6 +74,7 @@ impl Transport {
     /// Drops `n` sent bytes from the front of the buffer, returning the finished
     /// chunks (to be released outside the borrow).
     pub(super) fn consume(&self, py: Python<'_>, mut n: usize) -> Vec<Chunk> {
+        self.count_bytes(py, 0, n);
         let mut st = self.state.borrow_mut(py);
         let mut done = Vec::new();
         st.buffer_size -= n.min(st.buffer_size);
@@ -158,6 +159,9 @@ impl Transport {
                 WriteCall::Write => sys::write(fd, raw),
                 WriteCall::Send => sys::send(fd, raw, libc::MSG_NOSIGNAL),
             });
+            if let Ok(n) = n {
+                this.count_bytes(py, 0, n);
+            }
             match n {
                 Ok(n) if n == raw.len() => return Ok(()),
                 Ok(n) => sent = n,

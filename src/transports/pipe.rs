@@ -132,6 +132,12 @@ impl ReadPipeTransport {
         // before the read.
         let read = unsafe { sys::borrow(fd) }
             .and_then(|fd| crate::ffi::read_into_new_bytes(py, fd, MAX_SIZE, ReadCall::Read));
+        if let Ok(Some(data)) = &read {
+            let n = data
+                .cast::<pyo3::types::PyBytes>()
+                .map_or(0, |b| b.as_bytes().len());
+            this.count_bytes(py, n, 0);
+        }
         match read {
             Err(e) if is_retry(&e) => Ok(()),
             Err(e) => {

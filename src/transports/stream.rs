@@ -178,6 +178,7 @@ impl StreamTransport {
         if nbytes == 0 {
             return Self::on_eof(slf, protocol);
         }
+        this.count_bytes(py, nbytes, 0);
         let nbytes_obj = nbytes.into_pyobject(py)?.into_any();
         match crate::ffi::call_protocol(
             protocol,
@@ -212,6 +213,7 @@ impl StreamTransport {
             if n == 0 {
                 return Ok(false);
             }
+            base.get().count_bytes(py, n, 0);
             // No Python code runs inside (`bio_write`): the scratch borrow is safe.
             SslProtocol::bio_write(tls, &buf[..n])
                 .map(|()| true)
@@ -382,7 +384,9 @@ impl StreamTransport {
             }
         });
         if let Ok(Some(data)) = &read {
-            let now_large = data.cast::<PyBytes>().map_or(0, |b| b.as_bytes().len()) > SMALL_READ;
+            let n = data.cast::<PyBytes>().map_or(0, |b| b.as_bytes().len());
+            this.count_bytes(py, n, 0);
+            let now_large = n > SMALL_READ;
             if now_large != large {
                 this.state.borrow_mut(py).stream_mut().large_reads = now_large;
             }
