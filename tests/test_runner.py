@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -324,3 +325,57 @@ def test_unclosed_loop_set_as_current_closes_quietly_at_shutdown(run_python, loo
     # closes it then (oxloop's close() used to read its module's globals, None by then).
     result = run_python('asyncio.set_event_loop(loop)\ndel loop\n', impl=loop_impl)
     assert (result.returncode, result.stdout, result.stderr) == (0, '', '')
+
+
+def _interrupt(
+    args: tuple[str, ...], cwd: str, first_input: str, then: str
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Start ``python *args``, feed it ``first_input``, send SIGINT once it printed 'go',
+    feed it ``then``; return what it printed first and the whole result."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        proc.stdin.write(first_input)
+        proc.stdin.flush()
+        first = proc.stdout.readline()
+        time.sleep(0.1)  # into the blocking wait
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(then, timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    return first, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_runner_repl_ctrl_c_cancels_the_running_await(tmp_dir):
+    # As python -m asyncio: the awaited task is cancelled, the REPL goes on.
+    line = "print('go', flush=True); await asyncio.sleep(30)\n"
+    results = [_interrupt(('-m', mod), tmp_dir, line, "'after'\n") for mod in ('oxloop', 'asyncio')]
+    (ours_first, ours), (stdlib_first, stdlib) = results
+    assert ours_first == stdlib_first == '>>> go\n'
+    assert ours.stdout == stdlib.stdout == ">>> 'after'\n>>> "
+    assert ours.returncode == stdlib.returncode == 0
+    assert ours.stderr == stdlib.stderr
+    assert '\nKeyboardInterrupt\n' in ours.stderr
+
+
+def test_runner_script_ctrl_c_while_blocked(tmp_dir):
+    script = _write(
+        tmp_dir, 'blocked.py', "import asyncio, sys\nprint('go', flush=True)\nasyncio.run(asyncio.sleep(30))\n"
+    )
+    (ours_first, ours), (stdlib_first, stdlib) = (
+        _interrupt(('-m', 'oxloop', script), tmp_dir, '', ''),
+        _interrupt((script,), tmp_dir, '', ''),
+    )
+    assert ours_first == stdlib_first == 'go\n'
+    assert ours.returncode == stdlib.returncode == -signal.SIGINT
+    # asyncio.run turns the cancelled main task into a KeyboardInterrupt, the same way
+    # on both loops (the same frames: run_until_complete is the stdlib's on oxloop).
+    _same_result(ours, stdlib)
+    assert ours.stderr.endswith('raise KeyboardInterrupt()\nKeyboardInterrupt\n')
