@@ -39,6 +39,11 @@ _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[misc]
     """An asyncio event loop whose core runs in Rust."""
 
+    # close() may run from __del__ at interpreter shutdown, after this module's globals
+    # (asyncio, sys) have been set to None: it reaches what it needs through the class.
+    _base_close = asyncio.BaseEventLoop.close
+    _is_finalizing = staticmethod(sys.is_finalizing)
+
     def __init__(self) -> None:
         # The stdlib loops' __init__, minus the state that LoopCore owns (ready queue,
         # timers, fd watches, _closed, _stopping, _thread_id, _clock_resolution).
@@ -119,12 +124,12 @@ class Loop(_oxloop.LoopCore, _compat.UnixSelectorEventLoop):  # type: ignore[mis
         if self.is_closed():
             return
         self._close_self_pipe()
-        asyncio.BaseEventLoop.close(self)
+        self._base_close()
         self._close_core()
         self._internal_fds -= 1  # the eventfd waker
         self._selector = None  # CPython: a closed selector loop has no selector
         # CPython: _UnixSelectorEventLoop.close removes signal handlers afterwards.
-        if not sys.is_finalizing():
+        if not self._is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         elif self._signal_handlers:
