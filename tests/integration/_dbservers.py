@@ -105,6 +105,7 @@ class PostgresServer:
     socket_dir: str
     user: str = 'postgres'
     database: str = 'postgres'
+    ca: str = CA
 
     @property
     def dsn(self) -> str:
@@ -114,7 +115,8 @@ class PostgresServer:
 @contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster made by initdb in a temporary directory, trust authentication,
-    on 127.0.0.1 and a Unix socket in that directory; superuser and database ``postgres``."""
+    on 127.0.0.1 (TLS offered, with tests/certs/server.pem) and a Unix socket in that
+    directory; superuser and database ``postgres``."""
     bindir = _postgres_bindir()
     run_as: dict = {}
     if os.geteuid() == 0:
@@ -141,8 +143,16 @@ def running_postgres() -> Iterator[PostgresServer]:
         )
         if init.returncode != 0:
             pytest.fail(f'initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}')
+        # PostgreSQL wants its key owned by the server's user and closed to others.
+        for name in ('server.pem', 'server.key', 'ca.pem'):
+            dest = os.path.join(base, name)
+            shutil.copyfile(os.path.join(CERTS, name), dest)
+            os.chmod(dest, 0o600)
+            if run_as:
+                os.chown(dest, run_as['user'], run_as['group'])
         port = _free_port()
-        # fsync off and no autovacuum: a throwaway cluster, started fast.
+        # fsync off and no autovacuum: a throwaway cluster, started fast. TLS is offered
+        # on TCP; clients that ask for it get tests/certs/server.pem.
         settings = {
             'listen_addresses': HOST,
             'port': str(port),
@@ -152,6 +162,9 @@ def running_postgres() -> Iterator[PostgresServer]:
             'full_page_writes': 'off',
             'autovacuum': 'off',
             'max_connections': '50',
+            'ssl': 'on',
+            'ssl_cert_file': os.path.join(base, 'server.pem'),
+            'ssl_key_file': os.path.join(base, 'server.key'),
         }
         cmd = [os.path.join(bindir, 'postgres'), '-D', data]
         for k, v in settings.items():

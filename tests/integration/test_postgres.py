@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import ssl
 import time
 
 import asyncpg
 import pytest
-from _dbservers import PostgresServer, running_postgres
+from _dbservers import CERTS, PostgresServer, running_postgres
 from _net import run
 
 TIMEOUT = 20.0
@@ -25,20 +27,33 @@ def postgres_server():
 
 
 async def _connect(pg: PostgresServer, *, unix: bool = False, **kwargs) -> asyncpg.Connection:
+    # The server offers TLS, which asyncpg's default sslmode ('prefer') would take: plain
+    # unless the test asks.
+    kwargs.setdefault('ssl', False)
     host = pg.socket_dir if unix else pg.host
     return await asyncpg.connect(host=host, port=pg.port, user=pg.user, database=pg.database, **kwargs)
 
 
-@pytest.mark.parametrize('unix', [False, True], ids=['tcp', 'unix'])
-def test_connect(loop, postgres_server: PostgresServer, unix: bool):
+def _tls_context(pg: PostgresServer) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=pg.ca)  # verifies the chain and the host name
+
+
+@pytest.mark.parametrize('how', ['tcp', 'unix', 'tls'])
+def test_connect(loop, postgres_server: PostgresServer, how: str):
     async def main():
-        conn = await _connect(postgres_server, unix=unix)
+        tls = _tls_context(postgres_server) if how == 'tls' else False
+        conn = await _connect(postgres_server, unix=how == 'unix', ssl=tls)
         try:
             assert await conn.fetchval('SELECT 1 + 1') == 2
             # The server sees the connection the way it was made.
             client_addr = await conn.fetchval('SELECT inet_client_addr()::text')
-            assert client_addr == (None if unix else '127.0.0.1/32')
+            assert client_addr == (None if how == 'unix' else '127.0.0.1/32')
+            on_tls = await conn.fetchval('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')
+            assert on_tls is (how == 'tls')
             assert conn.get_server_version().major >= 10
+            # Enough bytes both ways to take several TLS records.
+            payload = 'p' * 300_000
+            assert await conn.fetchval('SELECT $1::text', payload) == payload
         finally:
             await conn.close()
         assert conn.is_closed()
@@ -46,13 +61,25 @@ def test_connect(loop, postgres_server: PostgresServer, unix: bool):
     run(loop, main(), TIMEOUT)
 
 
-def test_connect_by_dsn(loop, postgres_server: PostgresServer):
+def test_connect_by_dsn_with_verified_tls(loop, postgres_server: PostgresServer):
+    dsn = f'{postgres_server.dsn}?sslmode=verify-full&sslrootcert={postgres_server.ca}'
+
     async def main():
-        conn = await asyncpg.connect(postgres_server.dsn)
+        conn = await asyncpg.connect(dsn)
         try:
             assert await conn.fetchval('SELECT current_user') == 'postgres'
+            assert await conn.fetchval('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()') is True
         finally:
             await conn.close()
+
+    run(loop, main(), TIMEOUT)
+
+
+def test_tls_wrong_ca_is_refused(loop, postgres_server: PostgresServer):
+    async def main():
+        ctx = ssl.create_default_context(cafile=os.path.join(CERTS, 'other-ca.pem'))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _connect(postgres_server, ssl=ctx)
 
     run(loop, main(), TIMEOUT)
 
@@ -200,6 +227,7 @@ def test_pool_concurrent_queries(loop, postgres_server: PostgresServer):
             port=postgres_server.port,
             user=postgres_server.user,
             database=postgres_server.database,
+            ssl=False,
             min_size=2,
             max_size=8,
         ) as pool:
@@ -258,5 +286,25 @@ def test_large_result(loop, postgres_server: PostgresServer):
             assert total == 50000 * 50001 // 2
         finally:
             await conn.close()
+
+    run(loop, main(), TIMEOUT)
+
+
+def test_server_ends_the_connection(loop, postgres_server: PostgresServer):
+    async def main():
+        victim = await _connect(postgres_server)
+        admin = await _connect(postgres_server, unix=True)
+        ended = asyncio.get_running_loop().create_future()
+        victim.add_termination_listener(lambda conn: ended.done() or ended.set_result(conn))
+        try:
+            assert await admin.fetchval('SELECT pg_terminate_backend($1)', victim.get_server_pid()) is True
+            # The idle connection learns it from the server's FATAL and the end of stream.
+            assert await asyncio.wait_for(ended, 5) is victim
+            assert victim.is_closed()
+            with pytest.raises(asyncpg.InterfaceError):
+                await victim.fetchval('SELECT 1')
+        finally:
+            await victim.close()
+            await admin.close()
 
     run(loop, main(), TIMEOUT)
