@@ -2,8 +2,9 @@
 
 ``running_postgres()`` and ``running_redis()`` start one into a temporary directory,
 listening on 127.0.0.1 (a free port) and on a Unix socket in that directory, and stop it
-on exit. Not a test module: the test files of this directory wrap them in session-scoped
-fixtures (``postgres_server``, ``redis_server``), so each server starts once per session.
+on exit. Not a test module: the test files of this directory wrap them in module-scoped
+fixtures (``postgres_server``, ``redis_server``); one module uses each server, so each
+starts once per session.
 
 The servers come from Debian packages that ``make test-servers-deps`` installs when
 missing: ``postgresql`` (its binaries live in /usr/lib/postgresql/<major>/bin, off PATH)

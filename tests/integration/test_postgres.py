@@ -20,8 +20,10 @@ from _net import run
 TIMEOUT = 20.0
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def postgres_server():
+    """The server, started once: only this module uses it, and it stops when the module
+    ends rather than outliving it as a child of the test process."""
     with running_postgres() as server:
         yield server
 

@@ -24,8 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 TIMEOUT = 20.0
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def redis_server():
+    """The server, started once: only this module uses it, and it stops when the module
+    ends rather than outliving it as a child of the test process."""
     with running_redis() as server:
         yield server
 
