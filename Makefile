@@ -28,6 +28,21 @@ sys-deps: ## Debian packages the Rust workspace builds against (libssl-dev, pkg-
 		echo "libssl-dev and pkg-config are missing and could not be installed (apt-get install libssl-dev pkg-config)"; \
 		exit 1; }
 
+# The integration tests (tests/integration/test_postgres.py, test_redis.py) start real
+# servers from Debian's packages: postgresql (initdb and postgres, in
+# /usr/lib/postgresql/<major>/bin; the tests run them as the postgres user the package
+# creates when they run as root) and redis-server (bookworm's is built with TLS, which the
+# tests use). Neither package's own service is used; a no-op when both are there.
+.PHONY: test-servers-deps
+test-servers-deps: ## Debian packages the integration tests run as servers (postgresql, redis-server), installed when missing
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } && \
+		command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing postgresql and redis-server (the integration tests start them)"; \
+		command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+			apt-get install -y -qq postgresql redis-server >/dev/null; } || { \
+		echo "postgresql and redis-server are missing and could not be installed (apt-get install postgresql redis-server)"; \
+		exit 1; }
+
 .PHONY: build-dev
 build-dev: $(STAMP) ## build the extension in debug mode into .venv
 	maturin develop -q
@@ -61,12 +76,12 @@ test-rust: $(STAMP) sys-deps ## cargo test for the Python-free core and the load
 	cargo test --workspace
 
 .PHONY: test-python
-test-python: build-prod ## pytest in .venv only (quick): behaviour tests on oxloop and asyncio, then CPython's conformance suite
+test-python: build-prod test-servers-deps ## pytest in .venv only (quick): behaviour tests on oxloop and asyncio, then CPython's conformance suite
 	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/cpython
 	$(PY) -m pytest tests/cpython -q -p no:cacheprovider
 
 .PHONY: test-matrix
-test-matrix: $(STAMP) ## both pytest suites on every CPython >= 3.11 found, each built with `pip install .`
+test-matrix: $(STAMP) test-servers-deps ## both pytest suites on every CPython >= 3.11 found, each built with `pip install .`
 	$(PY) tools/matrix.py
 
 .PHONY: test
