@@ -86,6 +86,37 @@ def test_uvloop_install_warns_from_312():
             uvloop.install()
 
 
+@pytest.mark.parametrize('how', [('-X', 'dev'), ('-W', 'default')])
+def test_debug_mode_reports_a_slow_callback(run_python, impl: str, how: tuple[str, ...]):
+    """``-X dev`` and PYTHONASYNCIODEBUG (given with an unrelated -W) turn debug mode on;
+    the slow callback is named with its definition only off uvloop."""
+    code = f"""
+        import asyncio, logging, time
+        logging.basicConfig(format='%(message)s')
+
+        def slow():
+            time.sleep(0.06)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            print(loop.get_debug())
+            loop.slow_callback_duration = 0.05
+            loop.call_soon(slow)
+            await asyncio.sleep(0.01)
+
+        import {impl}
+        with asyncio.Runner(loop_factory={impl}.new_event_loop) as runner:
+            runner.run(main())
+    """
+    env = {} if how[0] == '-X' else {'PYTHONASYNCIODEBUG': '1'}
+    result = run_python(code, args=how, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ['True']
+    line = next(x for x in result.stderr.splitlines() if x.startswith('Executing <Handle'))
+    assert re.search(r' took \d+\.\d+ seconds$', line), line
+    assert ('slow() at ' in line) is (impl != 'uvloop')
+
+
 def test_loop_time_resolution(impl: str):
     async def readings(loop):
         out = []
@@ -208,14 +239,17 @@ def _blocks_the_loop(impl: str, call) -> bool:
         loop.call_later(0.02, fired.append, True)
 
         def unblock():
+            time.sleep(0.3)
             b.send(b'x')
             socket.create_connection(ls.getsockname()).close()
 
-        threading.Timer(0.3, unblock).start()
+        thread = threading.Thread(target=unblock)
+        thread.start()
         try:
             await call(loop, a, ls)
             return not fired
         finally:
+            thread.join(5)  # before the sockets it uses are closed
             for s in (a, b, ls):
                 s.close()
 
