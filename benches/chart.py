@@ -115,7 +115,7 @@ def load(path: Path, metric: str) -> Chart:
     rounds = data.get('args', {}).get('rounds')
     subtitle = (
         f'{data.get("timestamp", "")[:10]}, CPython {machine.get("python", "?")}, {versions}; '
-        f'median of per-round ratios over {rounds} interleaved rounds ({path.name})'
+        f'median of per-round ratios over {rounds} interleaved round{"s" if rounds != 1 else ""} ({path.name})'
     )
     return Chart(kind, path, baseline, aa, cases, subtitle)
 
@@ -203,10 +203,9 @@ def draw(chart: Chart, out: Path, metric: str) -> None:
         title = f'Servers under load (benches/net.py): {unit}, ratio to {chart.baseline}'
     else:
         title = f'Loop primitives (benches/micro.py): operations per second, ratio to {chart.baseline}'
+    clip_note = f'; ◀ at the left edge: below {CLIP:g}×, value as labelled' if min(values) < lo else ''
     ax.set_xlabel(
-        f'ratio to {chart.baseline}, log scale (right of 1.0: faster than {chart.baseline}; '
-        f'◀ at the left edge: below {CLIP:g}×, value as labelled)',
-        fontsize=9,
+        f'ratio to {chart.baseline}, log scale (right of 1.0: faster than {chart.baseline}{clip_note})', fontsize=9
     )
     fig.suptitle(title, fontsize=11.5, fontweight='bold', x=0.01, ha='left', y=1 - 0.12 / fig_h)
     fig.text(0.01, 1 - 0.42 / fig_h, chart.subtitle, fontsize=8, color='#495057', ha='left')
@@ -216,7 +215,10 @@ def draw(chart: Chart, out: Path, metric: str) -> None:
         for n in lanes
     ]
     handles.append(Line2D([], [], color='black', lw=1.2, label=f'{chart.baseline} = 1.0'))
-    handles.append(Patch(color=BAND_COLOR, alpha=0.45, lw=0, label=f'A/A band: {chart.aa} / {chart.baseline}, min–max'))
+    if any(c.band for c in cases):
+        handles.append(
+            Patch(color=BAND_COLOR, alpha=0.45, lw=0, label=f'A/A band: {chart.aa} / {chart.baseline}, min–max')
+        )
     fig.legend(
         handles=handles,
         loc='upper left',
