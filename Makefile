@@ -97,10 +97,11 @@ tools: ## Debian tools the benchmarks use (wrk, valgrind), installed when missin
 		echo "valgrind could not be installed: bench-instructions will not run"; }
 
 .PHONY: bench
-bench: build-prod tools sys-deps ## the side-by-side suites: micro (loop primitives) and net (servers under load)
+bench: build-prod tools sys-deps ## the side-by-side suites: micro (loop primitives) and net (servers under load), then their charts
 	$(PY) benches/micro.py
 	$(PY) benches/net.py
 	$(PY) benches/memory.py
+	$(PY) benches/chart.py
 
 .PHONY: bench-instructions
 bench-instructions: build-prod tools sys-deps ## instructions per request of each network server under callgrind, loop by loop
