@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md'))]
-BLOCK = re.compile(r'^```python\n(.*?)^```', re.S | re.M)
+BLOCK = re.compile(r'^```python\n(.*?)^```', re.DOTALL | re.MULTILINE)
 
 
 def _blocks() -> list[tuple[str, str]]:
