@@ -212,8 +212,6 @@ pub mod names {
     /// code hands its own handles to `_add_callback`).
     pub const HANDLE_CANCELLED: &str = "_cancelled";
     pub const HANDLE_RUN: &str = "_run";
-    /// `Task._source_traceback` (create_task drops its own frame from it).
-    pub const SOURCE_TRACEBACK: &str = "_source_traceback";
 
     /// `(owner, name)` for the checks of `_compat_names()`.
     pub(super) const ALL: &[(&str, &str)] = &[
@@ -224,7 +222,6 @@ pub mod names {
         ),
         ("asyncio.events.Handle", HANDLE_CANCELLED),
         ("asyncio.events.Handle", HANDLE_RUN),
-        ("asyncio.tasks.Task", SOURCE_TRACEBACK),
         ("asyncio.base_events.Server", "_attach"),
         ("asyncio.base_events.Server", "_detach"),
     ];

@@ -229,3 +229,25 @@ def test_debug_run_in_debug_mode_via_runner(loop_impl, run_python):
     result = run_python(code, impl=loop_impl)
     assert result.returncode == 0, result.stderr
     assert result.stdout == 'True\n'
+
+
+def test_debug_task_source_traceback_ends_where_it_was_created(loop):
+    # asyncio drops loop.create_task's own frame from a task's traceback: it ends at
+    # the caller of loop.create_task, or inside asyncio.create_task when that called it.
+    # (oxloop's create_task has no Python frame; it dropped the caller's instead.)
+    loop.set_debug(True)
+
+    async def noop():
+        pass
+
+    async def main():
+        direct = loop.create_task(noop())
+        via_asyncio = asyncio.create_task(noop())
+        await direct
+        await via_asyncio
+        return direct._source_traceback[-1], via_asyncio._source_traceback[-1]
+
+    direct, via_asyncio = loop.run_until_complete(main())
+    assert (direct.name, direct.filename) == ('main', __file__)
+    assert via_asyncio.name == 'create_task'
+    assert via_asyncio.filename.endswith(('asyncio/tasks.py', 'asyncio\\tasks.py'))

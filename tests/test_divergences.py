@@ -276,3 +276,18 @@ def test_divergence_transports_map_takes_fd_keys_only(loop, loop_impl, key):
         transports[key] = kept
         assert transports[key] is kept
     del transports[7]
+
+
+def test_divergence_future_source_traceback_ends_at_the_caller(loop, loop_impl):
+    # loop.create_future() is native on oxloop: a debug-mode future's traceback ends at
+    # the code that asked for it, where asyncio's ends inside base_events.create_future.
+    loop.set_debug(True)
+
+    async def main():
+        return loop.create_future()._source_traceback[-1]
+
+    last = loop.run_until_complete(main())
+    if loop_impl == 'oxloop':
+        assert (last.name, last.filename) == ('main', __file__)
+    else:
+        assert last.name == 'create_future'

@@ -38,15 +38,10 @@ impl LoopCore {
             if let Some(context) = context {
                 kwargs.set_item(pyo3::intern!(py, "context"), context)?;
             }
-            let task = py::task_type(py)?.call((coro,), Some(&kwargs))?;
-            if slf.get().debug() {
-                // CPython: drop create_task's own frame from the traceback.
-                let tb = task.getattr(py::names::SOURCE_TRACEBACK)?;
-                if tb.is_truthy()? {
-                    tb.del_item(-1)?;
-                }
-            }
-            return Ok(task);
+            // asyncio's create_task drops its own frame from a debug-mode task's
+            // traceback; this one has no Python frame, so the traceback already ends
+            // at the caller.
+            return py::task_type(py)?.call((coro,), Some(&kwargs));
         }
         let task = match context {
             // CPython: the legacy factory signature when no context is given.
