@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +37,16 @@ _T = TypeVar('_T')
 
 
 def run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T], timeout: float = 20) -> _T:
-    """Run ``coro`` on ``loop`` to completion, failing after ``timeout`` seconds."""
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+    """Run ``coro`` on ``loop`` to completion, failing after ``timeout`` seconds, or if
+    anything reached the loop's exception handler meanwhile (an error no one awaited)."""
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, context: errors.append(context))
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(coro, timeout))
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors, f'the exception handler got: {errors}'
+    return result
 
 
 def assert_loop(name: str, impl: str) -> None:
@@ -58,7 +66,8 @@ class ServerProcess:
 
     def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None) -> None:
         self.port = port
-        self._log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks
+        # A file, not a pipe: a chatty server never blocks. Closed by kill().
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         child_env = {k: v for k, v in os.environ.items() if k not in ('PYTHONASYNCIODEBUG', 'PYTHONDEVMODE')}
         child_env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(APP_DIR), os.environ.get('PYTHONPATH')]))
         child_env['PYTHONUNBUFFERED'] = '1'

@@ -24,4 +24,3 @@ def server_process() -> Iterator[Any]:
     yield start
     for server in started:
         server.kill()
-

@@ -4,6 +4,8 @@
     GET  /client  the client's port (one connection: the same port every time)
     POST /echo    the request body back
     GET  /stream  STREAM_CHUNKS, each written and drained on its own
+    GET  /big     BIG_SIZE bytes of BIG_BLOCK, written and drained a block at a time
+    GET  /file    the file app[FILE] (web.FileResponse: loop.sendfile)
     GET  /ws      WebSocket: echoes text and binary; the text 'close <code>' closes with <code>
 
 The app's cleanup writes CLEANED_UP to stderr, so that a test can see ``web.run_app``
@@ -15,9 +17,10 @@ from __future__ import annotations
 import sys
 
 from aiohttp import WSMsgType, web
-from oxl_asgi_app import STREAM_CHUNKS, loop_name
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, STREAM_CHUNKS, loop_name
 
 CLEANED_UP = 'oxl-aiohttp-app: cleaned up'
+FILE = web.AppKey('file', str)
 
 
 async def _loop(request: web.Request) -> web.Response:
@@ -41,6 +44,20 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _big(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_length = BIG_SIZE
+    await response.prepare(request)
+    for _ in range(BIG_SIZE // len(BIG_BLOCK)):
+        await response.write(BIG_BLOCK)
+    await response.write_eof()
+    return response
+
+
+async def _file(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[FILE])
+
+
 async def _ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
@@ -58,12 +75,15 @@ async def _cleaned_up(app: web.Application) -> None:
     print(CLEANED_UP, file=sys.stderr, flush=True)
 
 
-def make_app() -> web.Application:
+def make_app(file: str = '') -> web.Application:
     app = web.Application()
+    app[FILE] = file
     app.router.add_get('/loop', _loop)
     app.router.add_get('/client', _client)
     app.router.add_post('/echo', _echo)
     app.router.add_get('/stream', _stream)
+    app.router.add_get('/big', _big)
+    app.router.add_get('/file', _file)
     app.router.add_get('/ws', _ws)
     app.on_cleanup.append(_cleaned_up)
     return app

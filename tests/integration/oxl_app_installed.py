@@ -5,6 +5,6 @@ import oxloop
 
 oxloop.install()
 
-from oxl_asgi_app import app  # noqa: E402  # after install(), as the docs show
+from oxl_asgi_app import app  # after install(), as the docs show
 
 __all__ = ['app']

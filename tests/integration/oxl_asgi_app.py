@@ -4,6 +4,7 @@
     GET  /client  the client's port (one connection: the same port every time)
     POST /echo    the request body back
     GET  /stream  STREAM_CHUNKS chunks, each sent as its own ASGI message
+    GET  /big     BIG_SIZE bytes of BIG_BLOCK, a block per message (a slow client pushes back)
     WS   /ws      echoes text and binary messages; the text 'close <code>' closes with <code>
 
 Lifespan shutdown writes LIFESPAN_SHUTDOWN to stderr, so that a test can see the server
@@ -17,6 +18,8 @@ import sys
 
 LIFESPAN_SHUTDOWN = 'oxl-asgi-app: lifespan shutdown'
 STREAM_CHUNKS = [b'chunk-%d;' % i * 100 for i in range(20)]
+BIG_BLOCK = bytes(range(256)) * 256  # 64 KiB
+BIG_SIZE = 16 * 1024 * 1024
 
 
 def loop_name() -> str:
@@ -60,6 +63,12 @@ async def _http(scope, receive, send) -> None:
         for chunk in STREAM_CHUNKS:
             await send({'type': 'http.response.body', 'body': chunk, 'more_body': True})
             await asyncio.sleep(0)
+        await send({'type': 'http.response.body', 'body': b''})
+    elif path == '/big':
+        headers = [(b'content-length', str(BIG_SIZE).encode())]
+        await send({'type': 'http.response.start', 'status': 200, 'headers': headers})
+        for _ in range(BIG_SIZE // len(BIG_BLOCK)):
+            await send({'type': 'http.response.body', 'body': BIG_BLOCK, 'more_body': True})
         await send({'type': 'http.response.body', 'body': b''})
     else:
         await _respond(send, b'not found', 404)

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from _integ import LOOP_SOURCE, PYTHON, assert_loop, free_port, run
+from _tls import client_context, server_context
+from aiohttp import web
 from oxl_aiohttp_app import CLEANED_UP, make_app
-from oxl_asgi_app import STREAM_CHUNKS
-
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, STREAM_CHUNKS
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[str]:
-    """The app served on a loopback port of the running loop; yields its base URL."""
-    runner = web.AppRunner(make_app())
+async def serving(*, file: str = '', ssl_context: ssl.SSLContext | None = None, path: str = '') -> AsyncIterator[str]:
+    """The app served by the running loop on a loopback port (over TLS with
+    ``ssl_context``) or on the Unix socket ``path``; yields its base URL."""
+    runner = web.AppRunner(make_app(file))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, '127.0.0.1', 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f'http://{host}:{port}'
+        if path:
+            await web.UnixSite(runner, path).start()
+            yield 'http://localhost'
+        else:
+            await web.TCPSite(runner, '127.0.0.1', 0, ssl_context=ssl_context).start()
+            port = runner.addresses[0][1]
+            # 'localhost' (the certificate's name) goes through aiohttp's resolver and
+            # happy eyeballs; the server listens on 127.0.0.1 only.
+            yield f'https://localhost:{port}' if ssl_context else f'http://127.0.0.1:{port}'
     finally:
         await runner.cleanup()
 
@@ -93,6 +102,93 @@ def test_websocket_echo_and_close_codes(loop):
     run(loop, main())
 
 
+def test_big_response_to_a_slow_reader_and_an_abort(loop):
+    """16 MiB written block by block to a client that reads slowly: the server's writes
+    wait for the client (flow control); then a client that aborts halfway."""
+
+    async def main():
+        async with serving() as url, aiohttp.ClientSession() as session:
+            async with session.get(f'{url}/big') as r:
+                received = bytearray()
+                async for chunk in r.content.iter_chunked(len(BIG_BLOCK)):
+                    received += chunk
+                    if len(received) % (8 * len(BIG_BLOCK)) == 0:
+                        await asyncio.sleep(0.002)
+            assert received == BIG_BLOCK * (BIG_SIZE // len(BIG_BLOCK))
+            async with session.get(f'{url}/big') as r:
+                await r.content.readexactly(1024 * 1024)
+                r.close()  # drops the connection with the server still writing
+            async with session.get(f'{url}/loop') as r:
+                assert r.status == 200
+
+    run(loop, main())
+
+
+def test_file_response(loop, tmp_dir):
+    """web.FileResponse: the whole file and a range of it (loop.sendfile with an offset)."""
+    file = os.path.join(tmp_dir, 'data')
+    data = os.urandom(3 * 1024 * 1024)
+    with open(file, 'wb') as f:
+        f.write(data)
+
+    async def main():
+        async with serving(file=file) as url, aiohttp.ClientSession() as session:
+            async with session.get(f'{url}/file') as r:
+                assert await r.read() == data
+            async with session.get(f'{url}/file', headers={'Range': 'bytes=1000000-1999999'}) as r:
+                assert r.status == 206
+                assert await r.read() == data[1000000:2000000]
+
+    run(loop, main())
+
+
+def test_tls_http_and_websocket(loop, loop_impl):
+    async def main():
+        connector = aiohttp.TCPConnector(ssl=client_context())
+        async with serving(ssl_context=server_context()) as url, aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f'{url}/loop') as r:
+                assert_loop(await r.text(), loop_impl)
+            body = os.urandom(1024 * 1024)
+            async with session.post(f'{url}/echo', data=body) as r:
+                assert await r.read() == body
+            async with session.ws_connect(f'{url}/ws') as ws:
+                await ws.send_bytes(body)
+                assert await ws.receive_bytes() == body
+                await ws.send_str('close 4003')
+                assert (await ws.receive()).data == 4003
+
+    run(loop, main())
+
+
+def test_unix_socket(loop, loop_impl, path):
+    async def main():
+        connector = aiohttp.UnixConnector(path)
+        async with serving(path=path) as url, aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f'{url}/loop') as r:
+                assert_loop(await r.text(), loop_impl)
+            async with session.post(f'{url}/echo', data=b'x' * 100000) as r:
+                assert await r.read() == b'x' * 100000
+
+    run(loop, main())
+
+
+def test_many_concurrent_requests(loop):
+    """200 requests at once through a pool of 10 connections."""
+
+    async def main():
+        connector = aiohttp.TCPConnector(limit=10)
+        async with serving() as url, aiohttp.ClientSession(connector=connector) as session:
+
+            async def echo(i: int) -> bytes:
+                async with session.post(f'{url}/echo', data=b'%d' % i * 100) as r:
+                    return await r.read()
+
+            results = await asyncio.gather(*(echo(i) for i in range(200)))
+            assert results == [b'%d' % i * 100 for i in range(200)]
+
+    run(loop, main())
+
+
 RUN_APP = """
 import sys
 from aiohttp import web
@@ -107,9 +203,8 @@ def test_run_app_in_child(loop, loop_impl, server_process, sig):
     server = server_process([PYTHON, '-c', LOOP_SOURCE[loop_impl] + RUN_APP, str(port)], port)
 
     async def main():
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f'http://127.0.0.1:{port}/loop') as r:
-                return await r.text()
+        async with aiohttp.ClientSession() as session, session.get(f'http://127.0.0.1:{port}/loop') as r:
+            return await r.text()
 
     assert_loop(run(loop, main()), loop_impl)
     assert server.stop(sig) == 0, server.output()

@@ -9,9 +9,10 @@ import signal
 import httpx
 import pytest
 from _integ import PYTHON, assert_loop, free_port, run
+from _tls import SERVER_CERT, SERVER_KEY, client_context
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from oxl_asgi_app import LIFESPAN_SHUTDOWN, STREAM_CHUNKS, app
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, LIFESPAN_SHUTDOWN, STREAM_CHUNKS, app
 
 
 async def _wait_port(port: int, timeout: float = 10) -> None:
@@ -36,21 +37,28 @@ async def _get_loop_name(port: int) -> str:
         return r.text
 
 
-@pytest.mark.parametrize('http2', [False, True], ids=['http1', 'h2c'])
-def test_hypercorn_serve_in_loop(loop, loop_impl, http2):
-    """hypercorn.asyncio.serve(): the programmatic way, on whatever loop runs it."""
+@pytest.mark.parametrize('protocol', ['http1', 'h2c', 'h2-tls'])
+def test_hypercorn_serve_in_loop(loop, loop_impl, protocol):
+    """hypercorn.asyncio.serve(): the programmatic way, on whatever loop runs it. h2c is
+    HTTP/2 with prior knowledge over plain TCP; h2-tls negotiates HTTP/2 by ALPN."""
     port = free_port()
     config = Config()
     config.bind = [f'127.0.0.1:{port}']
     config.loglevel = 'WARNING'
+    http2 = protocol != 'http1'
+    client_options: dict = {'http1': not http2, 'http2': http2}
+    scheme = 'http'
+    if protocol == 'h2-tls':
+        config.certfile, config.keyfile = SERVER_CERT, SERVER_KEY
+        client_options.update(http1=True, verify=client_context(alpn=['h2', 'http/1.1']))
+        scheme = 'https'
 
     async def main():
         stop = asyncio.Event()
         task = asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))
         try:
             await _wait_port(port)
-            # h2c with prior knowledge: HTTP/2 frames over plain TCP, no upgrade.
-            async with httpx.AsyncClient(base_url=f'http://127.0.0.1:{port}', http1=not http2, http2=http2) as client:
+            async with httpx.AsyncClient(base_url=f'{scheme}://localhost:{port}', **client_options) as client:
                 r = await client.get('/loop')
                 assert r.http_version == ('HTTP/2' if http2 else 'HTTP/1.1')
                 assert_loop(r.text, loop_impl)
@@ -58,6 +66,8 @@ def test_hypercorn_serve_in_loop(loop, loop_impl, http2):
                 assert (await client.post('/echo', content=body)).content == body
                 async with client.stream('GET', '/stream') as r:
                     assert b''.join([chunk async for chunk in r.aiter_raw()]) == b''.join(STREAM_CHUNKS)
+                async with client.stream('GET', '/big') as r:
+                    assert await r.aread() == BIG_BLOCK * (BIG_SIZE // len(BIG_BLOCK))
                 ports = {(await client.get('/client')).text for _ in range(3)}
                 assert len(ports) == 1
         finally:

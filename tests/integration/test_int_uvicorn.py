@@ -18,7 +18,8 @@ import pytest
 import uvicorn
 import websockets
 from _integ import PYTHON, assert_loop, free_port, run
-from oxl_asgi_app import LIFESPAN_SHUTDOWN, STREAM_CHUNKS, app
+from _tls import SERVER_CERT, SERVER_KEY, client_context
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, LIFESPAN_SHUTDOWN, STREAM_CHUNKS, app
 from websockets.asyncio.client import connect as ws_connect
 
 # What uvicorn's loop=/--loop takes to run on each implementation.
@@ -27,16 +28,21 @@ UVICORN_LOOP = {'oxloop': 'oxloop:new_event_loop', 'asyncio': 'asyncio'}
 
 @contextlib.asynccontextmanager
 async def serving(**config) -> AsyncIterator[str]:
-    """oxl_asgi_app served by uvicorn in the running loop; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning', **config))
+    """oxl_asgi_app served by uvicorn in the running loop; yields its base URL (with
+    ``uds=``, an http://localhost URL to use over that socket)."""
+    config.setdefault('log_level', 'warning')
+    if 'uds' not in config:
+        config.update(host='127.0.0.1', port=0)
+    server = uvicorn.Server(uvicorn.Config(app, **config))
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         if task.done():
             task.result()  # raises what stopped the server
         await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    port = server.servers[0].sockets[0].getsockname()[1] if 'uds' not in config else None
+    scheme = 'https' if 'ssl_certfile' in config else 'http'
     try:
-        yield f'http://127.0.0.1:{port}'
+        yield f'{scheme}://localhost:{port}' if port else 'http://localhost'
     finally:
         server.should_exit = True
         await task
@@ -92,6 +98,79 @@ def test_websocket(loop, ws):
     run(loop, main())
 
 
+@pytest.mark.parametrize('http', ['h11', 'httptools'])
+def test_big_response_to_a_slow_reader_and_an_abort(loop, http):
+    async def main():
+        async with serving(http=http) as url, httpx.AsyncClient(base_url=url) as client:
+            async with client.stream('GET', '/big') as r:
+                received = bytearray()
+                async for chunk in r.aiter_bytes(len(BIG_BLOCK)):
+                    received += chunk
+                    if len(received) % (8 * len(BIG_BLOCK)) == 0:
+                        await asyncio.sleep(0.002)
+            assert received == BIG_BLOCK * (BIG_SIZE // len(BIG_BLOCK))
+            async with client.stream('GET', '/big') as r:
+                async for _chunk in r.aiter_raw():
+                    break  # leaving the block closes the connection, the server still writing
+            assert (await client.get('/loop')).status_code == 200
+
+    run(loop, main())
+
+
+def test_keep_alive_timeout(loop):
+    """The server closes a connection idle for timeout_keep_alive; the client's next
+    request then comes on a new connection."""
+
+    async def main():
+        async with serving(timeout_keep_alive=0.2) as url, httpx.AsyncClient(base_url=url) as client:
+            first = {(await client.get('/client')).text for _ in range(3)}
+            await asyncio.sleep(0.5)
+            second = (await client.get('/client')).text
+            assert len(first) == 1
+            assert second not in first
+
+    run(loop, main())
+
+
+def test_tls(loop, loop_impl):
+    async def main():
+        async with (
+            serving(ssl_certfile=SERVER_CERT, ssl_keyfile=SERVER_KEY) as url,
+            httpx.AsyncClient(base_url=url, verify=client_context()) as client,
+        ):
+            assert_loop((await client.get('/loop')).text, loop_impl)
+            body = bytes(range(256)) * 4096
+            assert (await client.post('/echo', content=body)).content == body
+            async with ws_connect(url.replace('https:', 'wss:') + '/ws', ssl=client_context()) as conn:
+                await conn.send(body)
+                assert await conn.recv() == body
+
+    run(loop, main())
+
+
+def test_unix_socket(loop, loop_impl, path):
+    async def main():
+        transport = httpx.AsyncHTTPTransport(uds=path)
+        async with serving(uds=path) as url, httpx.AsyncClient(base_url=url, transport=transport) as client:
+            assert_loop((await client.get('/loop')).text, loop_impl)
+            assert (await client.post('/echo', content=b'y' * 100000)).content == b'y' * 100000
+
+    run(loop, main())
+
+
+def test_many_concurrent_requests(loop):
+    async def main():
+        limits = httpx.Limits(max_connections=10)
+        async with serving() as url, httpx.AsyncClient(base_url=url, limits=limits) as client:
+
+            async def echo(i: int) -> bytes:
+                return (await client.post('/echo', content=b'%d' % i * 100)).content
+
+            assert await asyncio.gather(*(echo(i) for i in range(200))) == [b'%d' % i * 100 for i in range(200)]
+
+    run(loop, main())
+
+
 async def _get_loop_name(port: int) -> str:
     async with httpx.AsyncClient() as client:
         r = await client.get(f'http://127.0.0.1:{port}/loop')
@@ -126,3 +205,24 @@ def test_cli_in_child(loop, loop_impl, server_process, sig):
     # KeyboardInterrupt of SIGINT into exit code 0.
     assert server.stop(sig) == (0 if sig == signal.SIGINT else -sig), server.output()
     assert LIFESPAN_SHUTDOWN in server.output()
+
+
+def test_cli_workers_in_child(loop, loop_impl, server_process):
+    """--workers 2: uvicorn spawns fresh worker interpreters; --loop's import string
+    reaches them (an oxloop.install() in the parent would not)."""
+    port = free_port()
+    argv = [PYTHON, '-m', 'uvicorn', '--port', str(port), '--workers', '2', '--loop', UVICORN_LOOP[loop_impl]]
+    server = server_process([*argv, 'oxl_asgi_app:app'], port)
+
+    async def main():
+        async with httpx.AsyncClient() as client:
+            # New connections, so that both workers are likely asked.
+            return {
+                (await client.get(f'http://127.0.0.1:{port}/loop', headers={'connection': 'close'})).text
+                for _ in range(10)
+            }
+
+    for name in run(loop, main()):
+        assert_loop(name, loop_impl)
+    assert server.stop(signal.SIGTERM) == 0, server.output()
+    assert server.output().count(LIFESPAN_SHUTDOWN) == 2
