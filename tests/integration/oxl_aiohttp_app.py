@@ -5,6 +5,7 @@
     POST /echo    the request body back
     GET  /stream  STREAM_CHUNKS, each written and drained on its own
     GET  /big     BIG_SIZE bytes of BIG_BLOCK, written and drained a block at a time
+    GET  /slow    'done' after SLOW_SECONDS (a request in flight when the server stops)
     GET  /file    the file app[FILE] (web.FileResponse: loop.sendfile)
     GET  /ws      WebSocket: echoes text and binary; the text 'close <code>' closes with <code>
 
@@ -14,10 +15,11 @@ shut down cleanly after a signal.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import WSMsgType, web
-from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, STREAM_CHUNKS, loop_name
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, SLOW_SECONDS, STREAM_CHUNKS, loop_name
 
 CLEANED_UP = 'oxl-aiohttp-app: cleaned up'
 FILE = web.AppKey('file', str)
@@ -54,6 +56,11 @@ async def _big(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(SLOW_SECONDS)
+    return web.Response(text='done')
+
+
 async def _file(request: web.Request) -> web.FileResponse:
     return web.FileResponse(request.app[FILE])
 
@@ -83,6 +90,7 @@ def make_app(file: str = '') -> web.Application:
     app.router.add_post('/echo', _echo)
     app.router.add_get('/stream', _stream)
     app.router.add_get('/big', _big)
+    app.router.add_get('/slow', _slow)
     app.router.add_get('/file', _file)
     app.router.add_get('/ws', _ws)
     app.on_cleanup.append(_cleaned_up)

@@ -5,6 +5,7 @@
     POST /echo    the request body back
     GET  /stream  STREAM_CHUNKS chunks, each sent as its own ASGI message
     GET  /big     BIG_SIZE bytes of BIG_BLOCK, a block per message (a slow client pushes back)
+    GET  /slow    'done' after SLOW_SECONDS (a request in flight when the server stops)
     WS   /ws      echoes text and binary messages; the text 'close <code>' closes with <code>
 
 Lifespan shutdown writes LIFESPAN_SHUTDOWN to stderr, so that a test can see the server
@@ -20,6 +21,7 @@ LIFESPAN_SHUTDOWN = 'oxl-asgi-app: lifespan shutdown'
 STREAM_CHUNKS = [b'chunk-%d;' % i * 100 for i in range(20)]
 BIG_BLOCK = bytes(range(256)) * 256  # 64 KiB
 BIG_SIZE = 16 * 1024 * 1024
+SLOW_SECONDS = 0.3
 
 
 def loop_name() -> str:
@@ -64,6 +66,9 @@ async def _http(scope, receive, send) -> None:
             await send({'type': 'http.response.body', 'body': chunk, 'more_body': True})
             await asyncio.sleep(0)
         await send({'type': 'http.response.body', 'body': b''})
+    elif path == '/slow':
+        await asyncio.sleep(SLOW_SECONDS)
+        await _respond(send, b'done')
     elif path == '/big':
         headers = [(b'content-length', str(BIG_SIZE).encode())]
         await send({'type': 'http.response.start', 'status': 200, 'headers': headers})

@@ -15,7 +15,7 @@ from _integ import LOOP_SOURCE, PYTHON, assert_loop, free_port, run
 from _tls import client_context, server_context
 from aiohttp import web
 from oxl_aiohttp_app import CLEANED_UP, make_app
-from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, STREAM_CHUNKS
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, SLOW_SECONDS, STREAM_CHUNKS
 
 
 @contextlib.asynccontextmanager
@@ -185,6 +185,29 @@ def test_many_concurrent_requests(loop):
 
             results = await asyncio.gather(*(echo(i) for i in range(200)))
             assert results == [b'%d' % i * 100 for i in range(200)]
+
+    run(loop, main())
+
+
+def test_graceful_shutdown_finishes_a_request_in_flight(loop):
+    async def main():
+        runner = web.AppRunner(make_app())
+        await runner.setup()
+        await web.TCPSite(runner, '127.0.0.1', 0).start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as session:
+
+            async def slow() -> str:
+                async with session.get(f'http://127.0.0.1:{port}/slow') as r:
+                    return await r.text()
+
+            request = asyncio.ensure_future(slow())
+            await asyncio.sleep(SLOW_SECONDS / 3)  # the request is in the handler
+            await runner.cleanup()  # stops listening, waits for the handler
+            assert request.done()
+            assert request.result() == 'done'
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await session.get(f'http://127.0.0.1:{port}/loop')
 
     run(loop, main())
 

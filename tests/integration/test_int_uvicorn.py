@@ -19,7 +19,7 @@ import uvicorn
 import websockets
 from _integ import PYTHON, assert_loop, free_port, run
 from _tls import SERVER_CERT, SERVER_KEY, client_context
-from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, LIFESPAN_SHUTDOWN, STREAM_CHUNKS, app
+from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, LIFESPAN_SHUTDOWN, SLOW_SECONDS, STREAM_CHUNKS, app
 from websockets.asyncio.client import connect as ws_connect
 
 # What uvicorn's loop=/--loop takes to run on each implementation.
@@ -167,6 +167,26 @@ def test_many_concurrent_requests(loop):
                 return (await client.post('/echo', content=b'%d' % i * 100)).content
 
             assert await asyncio.gather(*(echo(i) for i in range(200))) == [b'%d' % i * 100 for i in range(200)]
+
+    run(loop, main())
+
+
+def test_graceful_shutdown_finishes_a_request_in_flight(loop):
+    async def main():
+        server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=0, log_level='warning'))
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient() as client:
+            request = asyncio.ensure_future(client.get(f'http://127.0.0.1:{port}/slow'))
+            await asyncio.sleep(SLOW_SECONDS / 3)  # the request is in the app
+            server.should_exit = True
+            await task  # stops listening, waits for the request
+            assert request.done()
+            assert request.result().text == 'done'
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f'http://127.0.0.1:{port}/loop')
 
     run(loop, main())
 
