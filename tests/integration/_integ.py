@@ -26,11 +26,6 @@ import pytest
 APP_DIR = Path(__file__).resolve().parent
 # What the server's loop class name starts with, per implementation under test.
 LOOP_MODULE = {'oxloop': 'oxloop.', 'asyncio': 'asyncio.'}
-# Source that creates a loop named ``loop`` in a child interpreter, per implementation.
-LOOP_SOURCE = {
-    'oxloop': 'import oxloop\nloop = oxloop.new_event_loop()\n',
-    'asyncio': 'import asyncio\nloop = asyncio.new_event_loop()\n',
-}
 PYTHON = sys.executable
 
 _T = TypeVar('_T')

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from _integ import LOOP_SOURCE, PYTHON, assert_loop, free_port, run
+from _integ import PYTHON, assert_loop, free_port, run
 from _tls import client_context, server_context
 from aiohttp import web
 from oxl_aiohttp_app import CLEANED_UP, make_app
@@ -212,18 +212,31 @@ def test_graceful_shutdown_finishes_a_request_in_flight(loop):
     run(loop, main())
 
 
-RUN_APP = """
+# web.run_app with the loop to run on (docs/servers.md shows the oxloop one).
+RUN_APP = {
+    'oxloop': """
 import sys
+import oxloop
 from aiohttp import web
 from oxl_aiohttp_app import make_app
-web.run_app(make_app(), host='127.0.0.1', port=int(sys.argv[1]), loop=loop)
-"""
+
+web.run_app(make_app(), host='127.0.0.1', port=int(sys.argv[1]), loop=oxloop.new_event_loop())
+""",
+    'asyncio': """
+import sys
+import asyncio
+from aiohttp import web
+from oxl_aiohttp_app import make_app
+
+web.run_app(make_app(), host='127.0.0.1', port=int(sys.argv[1]), loop=asyncio.new_event_loop())
+""",
+}
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_run_app_in_child(loop, loop_impl, server_process, sig):
     port = free_port()
-    server = server_process([PYTHON, '-c', LOOP_SOURCE[loop_impl] + RUN_APP, str(port)], port)
+    server = server_process([PYTHON, '-c', RUN_APP[loop_impl], str(port)], port)
 
     async def main():
         async with aiohttp.ClientSession() as session, session.get(f'http://127.0.0.1:{port}/loop') as r:

@@ -197,19 +197,48 @@ async def _get_loop_name(port: int) -> str:
         return r.text
 
 
-SERVER_RUN = """
+# Programs that run uvicorn on a loop (docs/servers.md shows the oxloop ones): with
+# Config(loop=...) and Server.run(), or Server.serve() run by oxloop.run / asyncio.run.
+PROGRAMS = {
+    ('config-loop', 'oxloop'): """
 import sys
 import uvicorn
-config = uvicorn.Config('oxl_asgi_app:app', port=int(sys.argv[1]), loop=sys.argv[2])
+
+config = uvicorn.Config('oxl_asgi_app:app', port=int(sys.argv[1]), loop='oxloop:new_event_loop')
 uvicorn.Server(config).run()
-"""
+""",
+    ('config-loop', 'asyncio'): """
+import sys
+import uvicorn
+
+config = uvicorn.Config('oxl_asgi_app:app', port=int(sys.argv[1]), loop='asyncio')
+uvicorn.Server(config).run()
+""",
+    ('serve', 'oxloop'): """
+import sys
+import oxloop
+import uvicorn
+
+config = uvicorn.Config('oxl_asgi_app:app', port=int(sys.argv[1]))
+oxloop.run(uvicorn.Server(config).serve())
+""",
+    ('serve', 'asyncio'): """
+import sys
+import asyncio
+import uvicorn
+
+config = uvicorn.Config('oxl_asgi_app:app', port=int(sys.argv[1]))
+asyncio.run(uvicorn.Server(config).serve())
+""",
+}
 
 
-def test_config_loop_in_child(loop, loop_impl, server_process):
+@pytest.mark.parametrize('program', ['config-loop', 'serve'])
+def test_program_in_child(loop, loop_impl, server_process, program):
     port = free_port()
-    server = server_process([PYTHON, '-c', SERVER_RUN, str(port), UVICORN_LOOP[loop_impl]], port)
+    server = server_process([PYTHON, '-c', PROGRAMS[program, loop_impl], str(port)], port)
     assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    # uvicorn re-raises the signal it caught once it has shut down: Server.run() ends in
+    # uvicorn re-raises the signal it caught once it has shut down: the program ends in
     # a KeyboardInterrupt, and an uncaught KeyboardInterrupt ends the process by SIGINT.
     assert server.stop(signal.SIGINT) == -signal.SIGINT, server.output()
     assert LIFESPAN_SHUTDOWN in server.output()
