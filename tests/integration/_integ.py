@@ -1,10 +1,13 @@
-"""Helpers for the tests against real servers and libraries (fixtures: conftest.py).
+"""Helpers for the tests against real servers and libraries.
 
 Servers run either in the test's own loop (the ``loop`` fixture: oxloop or the stdlib
 loop) or as child processes started on the loop under test; the clients (httpx, aiohttp,
 websockets) always run on the ``loop`` fixture. Children listen on a port the OS picked,
 are ready when that port accepts a connection, and are killed (their whole process group:
 gunicorn, hypercorn and granian fork or spawn workers) when the test ends.
+
+No conftest.py here: tests/_net.py imports ``new_loop`` from the module named
+``conftest``, which must stay tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 
@@ -57,7 +60,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server started as a child process in a session (process group) of its own."""
+    """A server started as a child process in a session (process group) of its own.
+
+    ``with ServerProcess(argv, port) as server:`` waits until it listens, and kills the
+    whole group on the way out."""
 
     def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None) -> None:
         self.port = port
@@ -101,6 +107,17 @@ class ServerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f'server still running {timeout}s after signal {sig}:\n{self.output()}')
+
+    def __enter__(self) -> Self:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
 
     def kill(self) -> None:
         try:

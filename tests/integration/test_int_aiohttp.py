@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from _integ import PYTHON, assert_loop, free_port, run
+from _integ import PYTHON, ServerProcess, assert_loop, free_port, run
 from _tls import client_context, server_context
 from aiohttp import web
 from oxl_aiohttp_app import CLEANED_UP, make_app
@@ -234,14 +234,14 @@ web.run_app(make_app(), host='127.0.0.1', port=int(sys.argv[1]), loop=asyncio.ne
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
-def test_run_app_in_child(loop, loop_impl, server_process, sig):
+def test_run_app_in_child(loop, loop_impl, sig):
     port = free_port()
-    server = server_process([PYTHON, '-c', RUN_APP[loop_impl], str(port)], port)
+    with ServerProcess([PYTHON, '-c', RUN_APP[loop_impl], str(port)], port) as server:
 
-    async def main():
-        async with aiohttp.ClientSession() as session, session.get(f'http://127.0.0.1:{port}/loop') as r:
-            return await r.text()
+        async def main():
+            async with aiohttp.ClientSession() as session, session.get(f'http://127.0.0.1:{port}/loop') as r:
+                return await r.text()
 
-    assert_loop(run(loop, main()), loop_impl)
-    assert server.stop(sig) == 0, server.output()
-    assert CLEANED_UP in server.output()
+        assert_loop(run(loop, main()), loop_impl)
+        assert server.stop(sig) == 0, server.output()
+        assert CLEANED_UP in server.output()

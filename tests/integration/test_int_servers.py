@@ -8,7 +8,7 @@ import signal
 
 import httpx
 import pytest
-from _integ import PYTHON, assert_loop, free_port, run
+from _integ import PYTHON, ServerProcess, assert_loop, free_port, run
 from _tls import SERVER_CERT, SERVER_KEY, client_context
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -77,30 +77,30 @@ def test_hypercorn_serve_in_loop(loop, loop_impl, protocol):
     run(loop, main())
 
 
-def test_hypercorn_cli_in_child(loop, loop_impl, server_process):
+def test_hypercorn_cli_in_child(loop, loop_impl):
     """hypercorn's command line spawns a fresh worker interpreter, which imports the app
     module before it creates its loop: that module installs oxloop."""
     port = free_port()
     target = {'oxloop': 'oxl_app_installed:app', 'asyncio': 'oxl_asgi_app:app'}[loop_impl]
-    server = server_process([PYTHON, '-m', 'hypercorn', '--bind', f'127.0.0.1:{port}', target], port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    assert server.stop(signal.SIGTERM) == 0, server.output()
-    assert LIFESPAN_SHUTDOWN in server.output()
+    with ServerProcess([PYTHON, '-m', 'hypercorn', '--bind', f'127.0.0.1:{port}', target], port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+        assert LIFESPAN_SHUTDOWN in server.output()
 
 
-def test_gunicorn_uvicorn_worker_in_child(loop, loop_impl, server_process):
+def test_gunicorn_uvicorn_worker_in_child(loop, loop_impl):
     """gunicorn with uvicorn-worker's UvicornWorker, its loop set by CONFIG_KWARGS."""
     port = free_port()
     worker = {'oxloop': 'OxloopUvicornWorker', 'asyncio': 'AsyncioUvicornWorker'}[loop_impl]
     argv = [PYTHON, '-m', 'gunicorn', '--bind', f'127.0.0.1:{port}', '--workers', '1']
     argv += ['--worker-class', f'oxl_gunicorn_workers.{worker}', 'oxl_asgi_app:app']
-    server = server_process(argv, port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    assert server.stop(signal.SIGTERM) == 0, server.output()
-    assert LIFESPAN_SHUTDOWN in server.output()
+    with ServerProcess(argv, port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+        assert LIFESPAN_SHUTDOWN in server.output()
 
 
-def test_gunicorn_asgi_worker_in_child(loop, loop_impl, server_process):
+def test_gunicorn_asgi_worker_in_child(loop, loop_impl):
     """gunicorn's own ASGI worker: --asgi-loop asyncio calls asyncio.new_event_loop() in the
     forked worker, so a config file that installs oxloop in the master chooses it."""
     port = free_port()
@@ -108,21 +108,21 @@ def test_gunicorn_asgi_worker_in_child(loop, loop_impl, server_process):
     argv += ['--worker-class', 'asgi', '--asgi-loop', 'asyncio']
     if loop_impl == 'oxloop':
         argv += ['--config', 'oxl_gunicorn_conf.py']
-    server = server_process([*argv, 'oxl_asgi_app:app'], port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    assert server.stop(signal.SIGTERM) == 0, server.output()
+    with ServerProcess([*argv, 'oxl_asgi_app:app'], port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        assert server.stop(signal.SIGTERM) == 0, server.output()
 
 
 GRANIAN_WITH_OXLOOP = 'import oxloop; oxloop.install(); from granian.cli import entrypoint; entrypoint()'
 
 
-def test_granian_in_child(loop, loop_impl, server_process):
+def test_granian_in_child(loop, loop_impl):
     """granian's --loop takes a fixed set of names; "asyncio" calls asyncio.new_event_loop()
     in the worker, which is forked (Linux, Python < 3.14) from a parent that installed oxloop."""
     port = free_port()
     launcher = ['-c', GRANIAN_WITH_OXLOOP] if loop_impl == 'oxloop' else ['-m', 'granian']
     args = ['--interface', 'asgi', '--loop', 'asyncio', '--host', '127.0.0.1', '--port', str(port), 'oxl_asgi_app:app']
-    server = server_process([PYTHON, *launcher, *args], port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    assert server.stop(signal.SIGTERM) == 0, server.output()
-    assert LIFESPAN_SHUTDOWN in server.output()
+    with ServerProcess([PYTHON, *launcher, *args], port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+        assert LIFESPAN_SHUTDOWN in server.output()

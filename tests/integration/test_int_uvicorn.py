@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 import websockets
-from _integ import PYTHON, assert_loop, free_port, run
+from _integ import PYTHON, ServerProcess, assert_loop, free_port, run
 from _tls import SERVER_CERT, SERVER_KEY, client_context
 from oxl_asgi_app import BIG_BLOCK, BIG_SIZE, LIFESPAN_SHUTDOWN, SLOW_SECONDS, STREAM_CHUNKS, app
 from websockets.asyncio.client import connect as ws_connect
@@ -234,44 +234,44 @@ asyncio.run(uvicorn.Server(config).serve())
 
 
 @pytest.mark.parametrize('program', ['config-loop', 'serve'])
-def test_program_in_child(loop, loop_impl, server_process, program):
+def test_program_in_child(loop, loop_impl, program):
     port = free_port()
-    server = server_process([PYTHON, '-c', PROGRAMS[program, loop_impl], str(port)], port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    # uvicorn re-raises the signal it caught once it has shut down: the program ends in
-    # a KeyboardInterrupt, and an uncaught KeyboardInterrupt ends the process by SIGINT.
-    assert server.stop(signal.SIGINT) == -signal.SIGINT, server.output()
-    assert LIFESPAN_SHUTDOWN in server.output()
+    with ServerProcess([PYTHON, '-c', PROGRAMS[program, loop_impl], str(port)], port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        # uvicorn re-raises the signal it caught once it has shut down: the program ends in
+        # a KeyboardInterrupt, and an uncaught KeyboardInterrupt ends the process by SIGINT.
+        assert server.stop(signal.SIGINT) == -signal.SIGINT, server.output()
+        assert LIFESPAN_SHUTDOWN in server.output()
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
-def test_cli_in_child(loop, loop_impl, server_process, sig):
+def test_cli_in_child(loop, loop_impl, sig):
     port = free_port()
     argv = [PYTHON, '-m', 'uvicorn', '--port', str(port), '--loop', UVICORN_LOOP[loop_impl], 'oxl_asgi_app:app']
-    server = server_process(argv, port)
-    assert_loop(run(loop, _get_loop_name(port)), loop_impl)
-    # The signal is re-raised after the shutdown; uvicorn's main() turns the
-    # KeyboardInterrupt of SIGINT into exit code 0.
-    assert server.stop(sig) == (0 if sig == signal.SIGINT else -sig), server.output()
-    assert LIFESPAN_SHUTDOWN in server.output()
+    with ServerProcess(argv, port) as server:
+        assert_loop(run(loop, _get_loop_name(port)), loop_impl)
+        # The signal is re-raised after the shutdown; uvicorn's main() turns the
+        # KeyboardInterrupt of SIGINT into exit code 0.
+        assert server.stop(sig) == (0 if sig == signal.SIGINT else -sig), server.output()
+        assert LIFESPAN_SHUTDOWN in server.output()
 
 
-def test_cli_workers_in_child(loop, loop_impl, server_process):
+def test_cli_workers_in_child(loop, loop_impl):
     """--workers 2: uvicorn spawns fresh worker interpreters; --loop's import string
     reaches them (an oxloop.install() in the parent would not)."""
     port = free_port()
     argv = [PYTHON, '-m', 'uvicorn', '--port', str(port), '--workers', '2', '--loop', UVICORN_LOOP[loop_impl]]
-    server = server_process([*argv, 'oxl_asgi_app:app'], port)
+    with ServerProcess([*argv, 'oxl_asgi_app:app'], port) as server:
 
-    async def main():
-        async with httpx.AsyncClient() as client:
-            # New connections, so that both workers are likely asked.
-            return {
-                (await client.get(f'http://127.0.0.1:{port}/loop', headers={'connection': 'close'})).text
-                for _ in range(10)
-            }
+        async def main():
+            async with httpx.AsyncClient() as client:
+                # New connections, so that both workers are likely asked.
+                return {
+                    (await client.get(f'http://127.0.0.1:{port}/loop', headers={'connection': 'close'})).text
+                    for _ in range(10)
+                }
 
-    for name in run(loop, main()):
-        assert_loop(name, loop_impl)
-    assert server.stop(signal.SIGTERM) == 0, server.output()
-    assert server.output().count(LIFESPAN_SHUTDOWN) == 2
+        for name in run(loop, main()):
+            assert_loop(name, loop_impl)
+        assert server.stop(signal.SIGTERM) == 0, server.output()
+        assert server.output().count(LIFESPAN_SHUTDOWN) == 2
