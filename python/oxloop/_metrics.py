@@ -19,11 +19,13 @@ __all__ = ('LagStats', 'LoopMetrics', 'SlowCallbacks', 'metrics', 'time_callback
 @dataclass(frozen=True)
 class LagStats:
     """How late the loop ran its work, in seconds, over the last ``samples``
-    iterations that had work waiting (at most 4,096).
+    iterations that ran work (at most 4,096).
 
-    An iteration's sample is the lateness of its most overdue timer, or, for
-    callbacks queued before it began, the time since the previous iteration started
-    its callbacks (when they were queued at the latest).
+    An iteration's sample is, for work that was waiting when it began (callbacks
+    queued before it, I/O found ready without blocking), the time since the previous
+    iteration started its callbacks: the most that work can have waited. Work the
+    loop was blocked waiting for is not late (0). A late timer counts its lateness
+    past its deadline.
     """
 
     samples: int

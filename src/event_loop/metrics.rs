@@ -7,10 +7,13 @@
 //! context switch anyway), at the start and end of a run, and, only once callback
 //! timing is asked for, around each callback.
 //!
-//! Lag is sampled once per iteration that had work waiting: the lateness of the
-//! most overdue timer it runs, or, for callbacks queued before the iteration
-//! began, the time since the previous iteration's callbacks started (when they
-//! were queued at the latest). The window is the last [`LAG_WINDOW`] samples.
+//! Lag is sampled once per iteration that runs work. For work that was waiting
+//! when the iteration began (callbacks queued before it, I/O found ready without
+//! blocking), the sample is the time since the previous iteration started its
+//! callbacks: the work became ready after that, so it waited at most that long.
+//! Work the loop was blocked waiting for is not late (0). A timer adds its own
+//! lateness: the most overdue one's, past its deadline. The window is the last
+//! [`LAG_WINDOW`] samples.
 
 use std::time::Instant;
 
@@ -63,8 +66,9 @@ impl Metrics {
     }
 
     /// One iteration starting its `ntodo` callbacks at loop time `now`: `waited`
-    /// when callbacks were queued before it began, `first_due` the deadline of the
-    /// earliest timer it runs.
+    /// when its work was waiting before it began (callbacks queued earlier, I/O
+    /// found ready without blocking), `first_due` the deadline of the earliest
+    /// timer it runs.
     pub(crate) fn iteration(
         &mut self,
         now: f64,
@@ -74,17 +78,20 @@ impl Metrics {
     ) {
         self.iterations += 1;
         self.callbacks += ntodo as u64;
-        let mut lag: Option<f64> = None;
-        if waited {
-            lag = self.last_phase.map(|phase| now - phase);
+        let previous = self.last_phase.replace(now);
+        if ntodo == 0 {
+            return;
         }
+        // Work the loop blocked waiting for is not late.
+        let mut lag = match (waited, previous) {
+            (true, Some(phase)) => now - phase,
+            _ => 0.0,
+        };
         if let Some(when) = first_due {
-            let late = now - when;
-            lag = Some(lag.map_or(late, |l| l.max(late)));
+            lag = lag.max(now - when);
         }
-        self.last_phase = Some(now);
         // A NaN or infinite deadline (due at once) says nothing about lateness.
-        if let Some(lag) = lag.filter(|l| l.is_finite()) {
+        if lag.is_finite() {
             self.sample(lag.max(0.0));
         }
     }
@@ -140,18 +147,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lag_from_waiting_callbacks_and_late_timers() {
+    fn lag_from_waiting_work_and_late_timers() {
         let mut m = Metrics::default();
-        m.iteration(10.0, true, None, 0); // no previous phase: no sample
-        m.iteration(10.5, true, None, 0); // waited since 10.0
-        m.iteration(11.0, false, Some(10.75), 0); // a timer 0.25 late
-        m.iteration(11.1, false, None, 0); // nothing waited
-        m.iteration(11.2, false, Some(f64::NAN), 0);
-        assert_eq!(m.iterations, 5);
+        m.iteration(10.0, true, None, 1); // no previous phase: not late
+        m.iteration(10.5, true, None, 1); // waited since 10.0
+        m.iteration(11.0, false, Some(10.75), 1); // a timer 0.25 late
+        m.iteration(11.1, false, None, 1); // the loop blocked for it: 0
+        m.iteration(11.2, false, Some(f64::NAN), 1); // due at once: not late
+        m.iteration(11.3, true, None, 0); // no work, no sample
+        assert_eq!(m.iterations, 6);
+        assert_eq!(m.callbacks, 5);
         let (n, max, p50, _, _) = m.lag_summary();
-        assert_eq!(n, 2);
+        assert_eq!(n, 5);
         assert!((max - 0.5).abs() < 1e-9);
-        assert!((p50 - 0.25).abs() < 1e-9);
+        assert!(p50.abs() < 1e-9);
     }
 
     #[test]
@@ -163,7 +172,7 @@ mod tests {
                 i as f64,
                 false,
                 Some(i as f64 - 1.0 - i as f64 / 10_000.0),
-                0,
+                1,
             );
         }
         let (n, max, ..) = m.lag_summary();

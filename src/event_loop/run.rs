@@ -83,6 +83,9 @@ impl LoopCore {
             (std::mem::take(&mut st.events), st.fds.is_empty())
         };
 
+        // Whether the iteration's work was waiting before it began (for the lag
+        // metric): callbacks already queued, or I/O found ready without blocking.
+        let mut waited = !sleepy;
         let polled = if timeout == Some(Duration::ZERO) {
             // A wake-up sent meanwhile stays pending in the eventfd: the next
             // blocking poll returns at once and drains it.
@@ -118,7 +121,10 @@ impl LoopCore {
                     this.metrics.borrow_mut(py).poll_seconds += blocked.elapsed().as_secs_f64();
                     polled
                 }
-                other => other,
+                other => {
+                    waited = true; // found at the look, without blocking
+                    other
+                }
             };
             this.waker.set_sleeping(false);
             polled
@@ -193,7 +199,7 @@ impl LoopCore {
             let ntodo = st.ready.len();
             this.metrics
                 .borrow_mut(py)
-                .iteration(now, !sleepy, first_due, ntodo);
+                .iteration(now, waited, first_due, ntodo);
             ntodo
         };
         drop(removed);
