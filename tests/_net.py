@@ -46,10 +46,11 @@ async def wait_until(pred, timeout: float = 5.0) -> None:
 def open_fds() -> set[int]:
     """The fds open in this process (the listing's own fd excluded)."""
     fds = {int(name) for name in os.listdir('/proc/self/fd')}
-    return {fd for fd in fds if _is_open(fd)}
+    return {fd for fd in fds if is_open(fd)}
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
+    """Whether ``fd`` is an open file descriptor of this process."""
     try:
         os.fstat(fd)
     except OSError:

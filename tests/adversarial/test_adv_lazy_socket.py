@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import socket
 import warnings
 
 import pytest
-from _net import TIMEOUT, open_fds, run
+from _net import TIMEOUT, is_open, open_fds, run, wait_until
 
 
 class Echo(asyncio.Protocol):
@@ -85,10 +84,7 @@ def test_sock_asked_while_open_is_closed_with_the_transport(loop):
         server, port = await _serve(loop, Keep)
         try:
             assert await _echo_once(port) == b'ping'
-            for _ in range(100):
-                if kept['transport']._sock is None:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: kept['transport']._sock is None, 1.0)
         finally:
             server.close()
             await server.wait_closed()
@@ -117,10 +113,7 @@ def test_socket_never_asked_reads_closed_after_close(loop):
         server, port = await _serve(loop, Echo)
         try:
             assert await _echo_once(port) == b'ping'
-            for _ in range(100):
-                if kept[0]._sock is None:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: kept[0]._sock is None, 1.0)
         finally:
             server.close()
             await server.wait_closed()
@@ -230,10 +223,7 @@ def test_closed_transport_never_touches_a_reused_number(loop):
         server, port = await _serve(loop, Keep)
         try:
             _reader, writer = await asyncio.open_connection('127.0.0.1', port)
-            for _ in range(100):
-                if kept:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: kept, 1.0)
             transport = kept[0]
             number = transport._sock_fd
             transport.abort()
@@ -279,14 +269,6 @@ def _bare_fd() -> tuple[int, socket.socket]:
     """An fd of a connected Unix stream socket, detached from its object, and the peer."""
     mine, peer = socket.socketpair()
     return mine.detach(), peer
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(
@@ -335,7 +317,7 @@ def test_accept_batch_closes_the_fds_it_could_not_give_away(failing):
             else:
                 loop._accept_batch(factory, [(fd, b'') for fd in fds], None, listener, report)
             gc.collect()
-        assert [_is_open(fd) for fd in fds] == [False] * 3
+        assert [is_open(fd) for fd in fds] == [False] * 3
         for peer in peers:
             peer.settimeout(5)
             assert peer.recv(10) == b''  # the other end was closed
