@@ -288,10 +288,9 @@ impl Transport {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // Set once, when the object is made.
+        // Set once, when the object is made (it has no loop before).
         let _ = this.ready_fns.set(ready_fns);
         event_loop.get().count_transport(py, true);
-        this.let_go_of_loop(py);
         drop(
             this.event_loop
                 .replace(py, Some(event_loop.clone().unbind())),
